@@ -1,0 +1,46 @@
+# psma-stage: the two commands of the README are `make demo` and `make test`.
+# Both create .venv, install the project into it, and need nothing else on the machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DEMO_DIR ?= demo-output
+
+.PHONY: demo test install install-test system-deps lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+# System components some tests need (headless Chromium to render the HTML report).
+# Installed when we can (root with apt-get); the tests skip with a reason when absent,
+# and fail instead of skipping under CI=true.
+system-deps:
+	@bash tools/system-deps.sh
+
+demo: install
+	$(BIN)/python -m staging.demo --out $(DEMO_DIR)
+
+test: install-test system-deps
+	$(BIN)/python -m pytest -q
+
+lint: install-test
+	$(BIN)/ruff check imaging staging fixtures tests benchmarks
+	$(BIN)/mypy
+
+bench: install-test
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""One module per ``psma-stage`` subcommand; each exposes ``register(subparsers)``."""

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages some tests need, when this machine lets us (root + apt-get).
+# Never fails the build by itself: tests that need a missing component skip with a reason,
+# or fail under CI=true.
+set -u
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v dcm2niix >/dev/null 2>&1 || need+=(dcm2niix)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "system-deps: cannot install ${need[*]} (not root or no apt-get); tests that need them will skip." >&2
+  exit 0
+fi
+echo "system-deps: installing ${need[*]} from Debian packages"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null 2>&1 || true
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1 \
+  || echo "system-deps: apt-get install ${need[*]} failed; tests that need them will skip (fail under CI)." >&2
+exit 0
