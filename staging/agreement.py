@@ -163,7 +163,7 @@ def _wilson(successes: int, n: int, *, confidence: float) -> Estimate:
 def _weight_matrix(k: int, weights: str) -> NDArray[np.float64]:
     i, j = np.indices((k, k))
     if weights == "unweighted":
-        return (i != j).astype(np.float64)
+        return np.asarray(i != j, dtype=np.float64)
     scale = max(k - 1, 1)
     if weights == "linear":
         return np.asarray(np.abs(i - j) / scale, dtype=np.float64)
