@@ -17,6 +17,11 @@ from imaging.errors import (
     SuvError,
 )
 from imaging.volume import PetCtStudy, StudyMetadata, Volume, same_geometry
+from imaging.dicom import Inventory, discover, safe_path_component
+from imaging.loading import load_study
+from imaging.nifti import load_nifti_study, read_nifti, write_nifti
+from imaging.resample import resample_to
+from imaging.suv import SuvConversion, SuvOverrides, compute_suv_factors
 
 __all__ = [
     "AnatomyError",
@@ -25,6 +30,7 @@ __all__ = [
     "DicomWarning",
     "GeometryError",
     "InconsistentSeriesError",
+    "Inventory",
     "LesionError",
     "MissingAttributeError",
     "NoUsableSeriesError",
@@ -32,9 +38,19 @@ __all__ = [
     "PipelineError",
     "PipelineWarning",
     "StudyMetadata",
+    "SuvConversion",
     "SuvError",
+    "SuvOverrides",
     "Volume",
+    "compute_suv_factors",
+    "discover",
+    "load_nifti_study",
+    "load_study",
+    "read_nifti",
+    "resample_to",
+    "safe_path_component",
     "same_geometry",
+    "write_nifti",
 ]
 
 __version__ = "0.1.0"
