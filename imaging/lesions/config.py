@@ -1,0 +1,269 @@
+"""Configuration of the lesion finder: method, thresholds, exclusions and measurement geometry.
+
+Every number here is a configurable default; the tags in the comments say where it comes from
+(``[R]`` from a paper, ``[V]`` checked, ``[D]`` design decision of this project, see
+``docs/lesions.md`` and ``/docs/domain.md`` sections 1.5 and 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal
+
+from imaging.errors import ConfigError
+from imaging.vocabulary import AnatomyLabel
+
+__all__ = ["PRESETS", "LesionConfig", "Method", "SoftTissueRule", "Tracer"]
+
+Method = Literal["fixed", "percist", "qpsma-split"]
+SoftTissueRule = Literal["qpsma", "percist"]
+Tracer = Literal["psma11", "dcfpyl", "psma1007"]
+
+_METHODS: tuple[str, ...] = ("fixed", "percist", "qpsma-split")
+_SOFT_RULES: tuple[str, ...] = ("qpsma", "percist")
+_TRACERS: tuple[str, ...] = ("psma11", "dcfpyl", "psma1007")
+
+# Hard exclusion (domain.md 2.4 step 1): organs whose uptake is physiological excretion or
+# secretion; a lesion inside them cannot be told from the organ by an SUV threshold.
+_DEFAULT_EXCLUDE: tuple[AnatomyLabel, ...] = (
+    AnatomyLabel.KIDNEYS,
+    AnatomyLabel.URINARY_BLADDER,
+    AnatomyLabel.URETERS,
+    AnatomyLabel.SALIVARY_GLANDS,
+    AnatomyLabel.LACRIMAL_GLANDS,
+    AnatomyLabel.BOWEL,
+)
+# Organ-adaptive threshold (domain.md 2.4 step 2): visceral metastases must stay findable.
+_DEFAULT_ADAPTIVE: tuple[AnatomyLabel, ...] = (
+    AnatomyLabel.LIVER,
+    AnatomyLabel.SPLEEN,
+    AnatomyLabel.LUNGS,
+    AnatomyLabel.ADRENALS,
+)
+_DEFAULT_EQUIVOCAL_TOUCH: tuple[AnatomyLabel, ...] = (
+    AnatomyLabel.URINARY_BLADDER,
+    AnatomyLabel.URETERS,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LesionConfig:
+    """Settings of :func:`imaging.lesions.find_lesions`.
+
+    Parameters
+    ----------
+    method : {"fixed", "percist", "qpsma-split"}
+        Candidate threshold. ``"fixed"``: ``threshold_suv`` everywhere. ``"percist"``:
+        ``1.5 x liver SUVmean + 2 SD`` (3-cm liver sphere), or ``2.0 x blood pool + 2 SD`` when
+        the liver reference is not found (Wahl 2009). ``"qpsma-split"``: bone voxels
+        ``>= bone_threshold_suv`` and soft tissue a liver-based threshold (Gafita 2019).
+    threshold_suv : float
+        Fixed threshold (SUV). Presets 2.5 / 3.0 / 4.0; default 3.0 [D, domain.md 2.5].
+    bone_threshold_suv : float
+        Bone threshold of ``"qpsma-split"`` (SUV 3, qPSMA [V abstract]).
+    soft_tissue_rule : {"qpsma", "percist"}
+        Soft-tissue threshold of ``"qpsma-split"``: ``qpsma_liver_factor / L x (L + SD)``
+        ([R], formula not verified in the paper's methods) or the PERCIST liver threshold.
+    qpsma_liver_factor : float
+        The 4.30 of the qPSMA soft-tissue formula [R].
+    percist_liver_factor, percist_liver_sd_factor : float
+        1.5 and 2 of the PERCIST liver threshold [R].
+    percist_blood_pool_factor, percist_blood_pool_sd_factor : float
+        2.0 and 2 of the PERCIST blood-pool fallback [R].
+    isocontour_fraction : float or None
+        Per-lesion refinement at this fraction of the lesion SUVmax (0.41 or 0.50, EANM FDG
+        guideline [R]); ``None`` keeps the threshold segmentation.
+    isocontour_margin_mm : float
+        The refined lesion may grow at most this far beyond the thresholded component [D].
+    split : bool
+        Split touching lesions at SUV local maxima (marker-based watershed) [D].
+    split_prominence_suv : float
+        A local maximum seeds its own lesion only if it rises at least this much (SUV) above
+        the saddle to any higher maximum (h-maxima) [D].
+    min_volume_ml : float
+        Components smaller than this are dropped (0.1 mL ~ 2 PET voxels) [D].
+    connectivity : {6, 18, 26}
+        Voxel connectivity of connected components; 18 as autoPET [V].
+    tracer : {"psma11", "dcfpyl", "psma1007"}
+        ``"psma1007"`` (hepatobiliary excretion) adds the gallbladder to the hard exclusion and
+        uses the spleen instead of the liver as the miPSMA score-2 reference (PROMISE V2 [V]).
+    exclude : tuple of AnatomyLabel
+        Hard-excluded organs (domain.md 2.4 step 1).
+    exclusion_margin_mm : float
+        Hard-excluded and organ-adaptive masks are grown by this distance to absorb the PET
+        partial-volume spill of the organ [D].
+    adaptive_organs : tuple of AnatomyLabel
+        Organs where the threshold is ``max(T_soft, centre + adaptive_sd_factor x spread)``
+        of the organ's own SUV (robust: median and 1.4826 x MAD) [D, domain.md 2.4 step 2].
+    adaptive_sd_factor : float
+        The 3 of the organ-adaptive threshold [D].
+    spill_drop : bool
+        Drop a component that touches an excluded organ's margin and has its SUVmax on that
+        border (organ spill-over, not a focus of its own); bladder/ureter spill is kept and
+        flagged equivocal instead [D].
+    equivocal_touch : tuple of AnatomyLabel
+        Lesions within ``equivocal_touch_mm`` of these masks are kept and flagged equivocal
+        (domain.md 2.4 step 3).
+    equivocal_touch_mm : float
+        Distance (mm) that counts as touching; must exceed the exclusion margin [D].
+    ganglion_max_suv, ganglion_max_volume_ml, ganglion_bone_distance_mm : float
+        A soft-tissue focus with SUVmax below ``ganglion_max_suv``, smaller than
+        ``ganglion_max_volume_ml`` and within ``ganglion_bone_distance_mm`` of the vertebral
+        column / bone mask (but not in it) looks like a sympathetic ganglion and is flagged
+        equivocal [D]. Set ``ganglion_max_suv=0`` to disable.
+    liver_sphere_diameter_mm, spleen_sphere_diameter_mm : float
+        Reference spheres (PERCIST 3 cm [R]; spleen 2-3 cm [D]).
+    blood_pool_diameter_mm, blood_pool_length_mm : float
+        Descending-aorta cylinder (PERCIST 1 x 2 cm [R]).
+    parotid_isocontour : float
+        Whole-gland parotid VOI: voxels >= this fraction of each gland's SUVmax [R].
+    suv_peak_volume_ml : float
+        Volume of the SUVpeak sphere (1 cm^3, PERCIST [R]).
+    max_plausible_suv : float
+        An "SUV" image with a higher maximum is rejected as probably Bq/ml [D].
+    """
+
+    method: Method = "fixed"
+    threshold_suv: float = 3.0
+    bone_threshold_suv: float = 3.0
+    soft_tissue_rule: SoftTissueRule = "qpsma"
+    qpsma_liver_factor: float = 4.30
+    percist_liver_factor: float = 1.5
+    percist_liver_sd_factor: float = 2.0
+    percist_blood_pool_factor: float = 2.0
+    percist_blood_pool_sd_factor: float = 2.0
+    isocontour_fraction: float | None = None
+    isocontour_margin_mm: float = 10.0
+    split: bool = False
+    split_prominence_suv: float = 1.0
+    min_volume_ml: float = 0.1
+    connectivity: int = 18
+    tracer: Tracer = "psma11"
+    exclude: tuple[AnatomyLabel, ...] = _DEFAULT_EXCLUDE
+    exclusion_margin_mm: float = 4.0
+    adaptive_organs: tuple[AnatomyLabel, ...] = _DEFAULT_ADAPTIVE
+    adaptive_sd_factor: float = 3.0
+    spill_drop: bool = True
+    equivocal_touch: tuple[AnatomyLabel, ...] = _DEFAULT_EQUIVOCAL_TOUCH
+    equivocal_touch_mm: float = 8.0
+    ganglion_max_suv: float = 4.0
+    ganglion_max_volume_ml: float = 0.5
+    ganglion_bone_distance_mm: float = 10.0
+    liver_sphere_diameter_mm: float = 30.0
+    spleen_sphere_diameter_mm: float = 25.0
+    blood_pool_diameter_mm: float = 10.0
+    blood_pool_length_mm: float = 20.0
+    parotid_isocontour: float = 0.5
+    suv_peak_volume_ml: float = 1.0
+    max_plausible_suv: float = 1000.0
+
+    def __post_init__(self) -> None:
+        if self.method not in _METHODS:
+            raise ConfigError(
+                f"lesion method {self.method!r} is unknown; valid methods are {list(_METHODS)}."
+            )
+        if self.soft_tissue_rule not in _SOFT_RULES:
+            raise ConfigError(
+                f"soft_tissue_rule {self.soft_tissue_rule!r} is unknown; valid rules are "
+                f"{list(_SOFT_RULES)}."
+            )
+        if self.tracer not in _TRACERS:
+            raise ConfigError(
+                f"tracer {self.tracer!r} is unknown; valid tracers are {list(_TRACERS)}."
+            )
+        if self.connectivity not in (6, 18, 26):
+            raise ConfigError(
+                f"connectivity must be 6, 18 or 26, got {self.connectivity!r}."
+            )
+        if self.isocontour_fraction is not None and not 0.0 < self.isocontour_fraction < 1.0:
+            raise ConfigError(
+                f"isocontour_fraction must be in (0, 1) (e.g. 0.41 or 0.50) or None, got "
+                f"{self.isocontour_fraction!r}."
+            )
+        if not 0.0 < self.parotid_isocontour < 1.0:
+            raise ConfigError(
+                f"parotid_isocontour must be in (0, 1), got {self.parotid_isocontour!r}."
+            )
+        positive = (
+            "threshold_suv", "bone_threshold_suv", "qpsma_liver_factor", "percist_liver_factor",
+            "percist_blood_pool_factor", "liver_sphere_diameter_mm", "spleen_sphere_diameter_mm",
+            "blood_pool_diameter_mm", "blood_pool_length_mm", "suv_peak_volume_ml",
+            "max_plausible_suv", "split_prominence_suv",
+        )
+        non_negative = (
+            "percist_liver_sd_factor", "percist_blood_pool_sd_factor", "isocontour_margin_mm",
+            "min_volume_ml", "exclusion_margin_mm", "adaptive_sd_factor", "equivocal_touch_mm",
+            "ganglion_max_suv", "ganglion_max_volume_ml", "ganglion_bone_distance_mm",
+        )
+        for name in positive + non_negative:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"lesion setting {name} must be a number, got {value!r}.")
+            if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
+                need = "positive" if name in positive else "zero or positive"
+                raise ConfigError(f"lesion setting {name} must be {need} and finite, got {value}.")
+        for name in ("exclude", "adaptive_organs", "equivocal_touch"):
+            labels = getattr(self, name)
+            try:
+                converted = tuple(AnatomyLabel(v) for v in labels)
+            except ValueError as err:
+                raise ConfigError(
+                    f"lesion setting {name} holds an unknown anatomy label ({err}); valid labels "
+                    f"are {[a.value for a in AnatomyLabel]}."
+                ) from None
+            object.__setattr__(self, name, converted)
+
+    @property
+    def excluded_organs(self) -> tuple[AnatomyLabel, ...]:
+        """Hard-excluded organs, with the gallbladder added for PSMA-1007."""
+        extra = (AnatomyLabel.GALLBLADDER,) if self.tracer == "psma1007" else ()
+        return tuple(dict.fromkeys(self.exclude + extra))
+
+    @property
+    def name(self) -> str:
+        """Short human-readable name of the method, e.g. ``"fixed SUV 3.0 + 41% isocontour"``."""
+        if self.method == "fixed":
+            text = f"fixed SUV {self.threshold_suv:g}"
+        elif self.method == "percist":
+            text = "PERCIST liver"
+        else:
+            text = f"qPSMA split (bone {self.bone_threshold_suv:g}, soft {self.soft_tissue_rule})"
+        if self.isocontour_fraction is not None:
+            text += f" + {round(self.isocontour_fraction * 100):d}% isocontour"
+        if self.split:
+            text += " + split"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (anatomy labels as their string values)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = [str(v) for v in value] if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> LesionConfig:
+        """A named preset of :data:`PRESETS` with optional field overrides."""
+        try:
+            base = PRESETS[name]
+        except KeyError:
+            raise ConfigError(
+                f"lesion preset {name!r} is unknown; valid presets are {sorted(PRESETS)}."
+            ) from None
+        return replace(base, **overrides)
+
+
+PRESETS: dict[str, LesionConfig] = {
+    "suv2.5": LesionConfig(method="fixed", threshold_suv=2.5),
+    "suv3": LesionConfig(method="fixed", threshold_suv=3.0),
+    "suv4": LesionConfig(method="fixed", threshold_suv=4.0),
+    "percist": LesionConfig(method="percist"),
+    "qpsma": LesionConfig(method="qpsma-split", soft_tissue_rule="qpsma"),
+    "qpsma-percist": LesionConfig(method="qpsma-split", soft_tissue_rule="percist"),
+    "suv3-iso41": LesionConfig(method="fixed", threshold_suv=3.0, isocontour_fraction=0.41),
+    "suv3-iso50": LesionConfig(method="fixed", threshold_suv=3.0, isocontour_fraction=0.50),
+    "suv3-split": LesionConfig(method="fixed", threshold_suv=3.0, split=True),
+}
+"""Named configurations compared in ``docs/lesions.md`` (``benchmarks/validate_lesions.py``)."""

@@ -1,0 +1,729 @@
+"""SUV-threshold lesion finder with physiological-uptake exclusion.
+
+Pipeline of :func:`find_lesions` (all on the PET grid):
+
+1. validate the SUV image and the anatomy masks;
+2. measure the reference regions (blood pool, liver, parotid, spleen);
+3. candidate voxels: SUV >= the method's threshold (bone and soft tissue may differ), inside the
+   body; organ-adaptive thresholds near liver, spleen, lungs and adrenals; hard exclusion near
+   kidneys, bladder, ureters, salivary and lacrimal glands and bowel;
+4. connected components (cc3d, 18-connectivity by default), minimum volume, organ spill-over
+   removal;
+5. optional watershed split at SUV local maxima and optional per-lesion isocontour refinement;
+6. deterministic relabelling (descending SUVmax) and per-lesion measures, miPSMA score, anatomy
+   overlaps and equivocal flags.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import cc3d
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy import ndimage
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
+
+from imaging.errors import LesionError
+from imaging.lesions._geometry import ball_offsets, bbox_slices, gather_any
+from imaging.lesions.config import LesionConfig
+from imaging.lesions.measures import LesionMeasures, measure_lesions, mipsma, overlap_dict
+from imaging.lesions.reference import ReferenceValues, measure_reference_regions
+from imaging.vocabulary import AnatomyLabel
+from imaging.volume import Volume, same_geometry
+
+__all__ = ["Lesion", "LesionResult", "find_lesions"]
+
+logger = logging.getLogger(__name__)
+
+_SUV_UNITS = ("g/ml", "cm2/ml")
+_MAX_LABEL = int(np.iinfo(np.uint16).max)
+_DEFAULT_CONFIG = LesionConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class Lesion:
+    """One lesion of a :class:`LesionResult` (its voxels carry ``id`` in ``LesionResult.labels``).
+
+    Attributes
+    ----------
+    id : int
+        1-based label, in order of decreasing SUVmax.
+    voxel_count : int
+    volume_ml : float
+    suv_max, suv_mean, suv_peak : float
+        SUVpeak: 1 cm^3 sphere placed (centred on a lesion voxel) to maximise the mean.
+    tl_psma : float
+        Total lesion PSMA = SUVmean x volume_ml.
+    centroid_mm, suv_max_position_mm : tuple of float
+        LPS millimetres.
+    mipsma_score : int or None
+        miPSMA expression score 0-3; ``None`` when a needed reference region was not measured.
+    mipsma_index : float or None
+        Continuous miPSMA index (see :func:`imaging.lesions.measures.mipsma`).
+    overlaps : mapping of str to float
+        Fraction of the lesion's voxels inside each anatomy mask given (every label of the input).
+    equivocal : bool
+        Reported but not to be counted as a lesion by staging (touches bladder/ureter,
+        ganglion-like, organ spill-over).
+    equivocal_reason : str or None
+    """
+
+    id: int
+    voxel_count: int
+    volume_ml: float
+    suv_max: float
+    suv_mean: float
+    suv_peak: float
+    tl_psma: float
+    centroid_mm: tuple[float, float, float]
+    suv_max_position_mm: tuple[float, float, float]
+    mipsma_score: int | None
+    mipsma_index: float | None
+    overlaps: Mapping[str, float]
+    equivocal: bool = False
+    equivocal_reason: str | None = None
+
+
+_COLUMNS = (
+    "id", "voxel_count", "volume_ml", "suv_max", "suv_mean", "suv_peak", "tl_psma",
+    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "suv_max_x_mm", "suv_max_y_mm", "suv_max_z_mm",
+    "mipsma_score", "mipsma_index", "equivocal", "equivocal_reason",
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LesionResult:
+    """Lesions of one scan: the label map, the lesion list and the reference regions.
+
+    Attributes
+    ----------
+    labels : Volume
+        uint16 lesion ids on the PET grid (unit ``"label"``), 0 = background.
+    lesions : tuple of Lesion
+        In id order.
+    reference : ReferenceValues
+    thresholds : mapping of str to float
+        Thresholds actually applied (``soft_tissue``, ``bone`` and ``organ:<label>``).
+    config : LesionConfig
+    overlap_labels : tuple of str
+        Anatomy labels of the input, the keys of every ``Lesion.overlaps``.
+    notes : tuple of str
+        What the finder could not do as configured (e.g. a mask was absent).
+    """
+
+    labels: Volume
+    lesions: tuple[Lesion, ...]
+    reference: ReferenceValues
+    thresholds: Mapping[str, float]
+    config: LesionConfig
+    overlap_labels: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def lesion_count(self) -> int:
+        """Number of lesions, equivocal ones included."""
+        return len(self.lesions)
+
+    @property
+    def psma_tv_ml(self) -> float:
+        """PSMA tumour volume: sum of non-equivocal lesion volumes (mL)."""
+        return float(sum(les.volume_ml for les in self.lesions if not les.equivocal))
+
+    @property
+    def tl_psma(self) -> float:
+        """Total lesion PSMA: sum of SUVmean x volume over non-equivocal lesions."""
+        return float(sum(les.tl_psma for les in self.lesions if not les.equivocal))
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """The lesion table: one row per lesion, ``overlap_<label>`` columns, typed columns.
+
+        An empty result gives the same columns with zero rows. Missing miPSMA values are
+        ``pd.NA`` (nullable dtypes), never NaN.
+        """
+        rows: dict[str, list[Any]] = {c: [] for c in _COLUMNS}
+        for name in self.overlap_labels:
+            rows[f"overlap_{name}"] = []
+        for les in self.lesions:
+            rows["id"].append(les.id)
+            rows["voxel_count"].append(les.voxel_count)
+            rows["volume_ml"].append(les.volume_ml)
+            rows["suv_max"].append(les.suv_max)
+            rows["suv_mean"].append(les.suv_mean)
+            rows["suv_peak"].append(les.suv_peak)
+            rows["tl_psma"].append(les.tl_psma)
+            for a, axis in enumerate("xyz"):
+                rows[f"centroid_{axis}_mm"].append(les.centroid_mm[a])
+                rows[f"suv_max_{axis}_mm"].append(les.suv_max_position_mm[a])
+            rows["mipsma_score"].append(les.mipsma_score)
+            rows["mipsma_index"].append(les.mipsma_index)
+            rows["equivocal"].append(les.equivocal)
+            rows["equivocal_reason"].append(les.equivocal_reason)
+            for name in self.overlap_labels:
+                rows[f"overlap_{name}"].append(les.overlaps.get(name, 0.0))
+        dtypes = {"id": "int64", "voxel_count": "int64", "mipsma_score": "Int64",
+                  "mipsma_index": "Float64", "equivocal": "bool", "equivocal_reason": "string"}
+        frame = pd.DataFrame(rows)
+        for col in frame.columns:
+            frame[col] = frame[col].astype(dtypes.get(col, "float64"))
+        return frame
+
+
+# -- validation ------------------------------------------------------------------------------
+
+def _validate_suv(suv: Volume, config: LesionConfig) -> None:
+    if not isinstance(suv, Volume):
+        raise LesionError(
+            f"find_lesions needs an imaging.volume.Volume in SUV, got {type(suv).__name__}."
+        )
+    if suv.unit not in _SUV_UNITS:
+        raise LesionError(
+            f"The PET volume is in {suv.unit!r}, not SUV (g/ml or cm2/ml); convert it with "
+            "imaging.suv (or load it with imaging.loading) before finding lesions."
+        )
+    arr = suv.array
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise LesionError(f"The SUV array has dtype {arr.dtype}; a real numeric type is needed.")
+    if np.issubdtype(arr.dtype, np.floating):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            n_bad = int(np.count_nonzero(bad))
+            first = np.unravel_index(int(np.argmax(bad)), arr.shape)
+            pos = suv.index_to_world(np.asarray(first, dtype=np.float64))
+            raise LesionError(
+                f"The SUV image holds {n_bad} NaN/infinite voxel(s), the first at index (k, j, i)"
+                f" = {tuple(int(v) for v in first)} (LPS {np.round(pos, 1).tolist()} mm). "
+                "Fix the reconstruction or SUV conversion; the finder does not guess values."
+            )
+    vmax = float(arr.max())
+    if vmax > config.max_plausible_suv:
+        raise LesionError(
+            f"The 'SUV' image has a maximum of {vmax:.6g}, above the plausible SUV limit of "
+            f"{config.max_plausible_suv:g}: it looks like activity concentration (Bq/ml), not "
+            "SUV. Convert it with imaging.suv, or raise LesionConfig.max_plausible_suv if the "
+            "values really are SUV."
+        )
+
+
+def _validate_anatomy(
+    suv: Volume, anatomy: Mapping[Any, Any], anatomy_grid: Volume | None,
+) -> dict[AnatomyLabel, NDArray[np.bool_]]:
+    if anatomy_grid is not None and not same_geometry(anatomy_grid, suv):
+        raise LesionError(
+            f"The anatomy masks are on a different grid (shape {anatomy_grid.shape}, spacing "
+            f"{anatomy_grid.spacing}, origin {anatomy_grid.origin}) than the PET (shape "
+            f"{suv.shape}, spacing {suv.spacing}, origin {suv.origin}); resample them to the "
+            "PET grid with imaging.resample.resample_to(..., interpolation='nearest')."
+        )
+    out: dict[AnatomyLabel, NDArray[np.bool_]] = {}
+    for key, value in anatomy.items():
+        try:
+            label = AnatomyLabel(key)
+        except ValueError:
+            raise LesionError(
+                f"Anatomy key {key!r} is not an AnatomyLabel; valid labels are "
+                f"{[a.value for a in AnatomyLabel]}."
+            ) from None
+        if isinstance(value, Volume):
+            if not same_geometry(value, suv):
+                raise LesionError(
+                    f"The {label.value} mask is on a different grid (shape {value.shape}, "
+                    f"spacing {value.spacing}, origin {value.origin}) than the PET (shape "
+                    f"{suv.shape}, spacing {suv.spacing}, origin {suv.origin}); resample it to "
+                    "the PET grid (nearest neighbour) first."
+                )
+            value = value.array
+        mask = np.asarray(value)
+        if mask.shape != suv.shape:
+            raise LesionError(
+                f"The {label.value} mask has shape {mask.shape}, the PET {suv.shape}: masks must "
+                "be on the PET grid; resample them with imaging.resample.resample_to(..., "
+                "interpolation='nearest')."
+            )
+        if mask.dtype != np.bool_:
+            if not (np.issubdtype(mask.dtype, np.integer) and mask.size and mask.max() <= 1
+                    and mask.min() >= 0):
+                raise LesionError(
+                    f"The {label.value} mask has dtype {mask.dtype} with values outside "
+                    "{0, 1}; pass a boolean mask."
+                )
+            mask = mask.astype(bool)
+        out[label] = mask
+    return out
+
+
+# -- thresholds ------------------------------------------------------------------------------
+
+def _thresholds(
+    reference: ReferenceValues, config: LesionConfig, has_bone: bool,
+) -> tuple[float, float, str]:
+    """Soft-tissue and bone thresholds of the configured method, with a description."""
+    liver, blood = reference.liver, reference.blood_pool
+
+    def percist() -> tuple[float, str]:
+        if liver.suv_mean is not None and liver.suv_sd is not None:
+            t = config.percist_liver_factor * liver.suv_mean + \
+                config.percist_liver_sd_factor * liver.suv_sd
+            return t, (f"PERCIST {config.percist_liver_factor:g} x liver "
+                       f"{liver.suv_mean:.2f} + {config.percist_liver_sd_factor:g} SD")
+        if blood.suv_mean is not None and blood.suv_sd is not None:
+            t = config.percist_blood_pool_factor * blood.suv_mean + \
+                config.percist_blood_pool_sd_factor * blood.suv_sd
+            return t, (f"PERCIST blood-pool fallback (liver: {liver.flag}) "
+                       f"{config.percist_blood_pool_factor:g} x {blood.suv_mean:.2f} + "
+                       f"{config.percist_blood_pool_sd_factor:g} SD")
+        raise LesionError(
+            f"The PERCIST threshold needs the liver or blood-pool reference, and neither was "
+            f"measured (liver: {liver.flag}; blood pool: {blood.flag}). Provide liver/aorta "
+            "masks or use method='fixed'."
+        )
+
+    if config.method == "fixed":
+        t = config.threshold_suv
+        return t, t, f"fixed SUV {t:g}"
+    if config.method == "percist":
+        t, text = percist()
+        return t, t, text
+    # qpsma-split
+    if not has_bone:
+        raise LesionError(
+            "method 'qpsma-split' needs a bone mask in the anatomy input (bone and soft tissue "
+            "get different thresholds); provide AnatomyLabel.BONE or use method='fixed'."
+        )
+    if config.soft_tissue_rule == "percist":
+        t_soft, text = percist()
+    else:
+        if liver.suv_mean is None or liver.suv_sd is None or liver.suv_mean <= 0:
+            raise LesionError(
+                f"The qPSMA soft-tissue threshold needs the liver reference, which was not "
+                f"measured ({liver.flag}); provide a liver mask or use method='fixed'."
+            )
+        t_soft = config.qpsma_liver_factor / liver.suv_mean * (liver.suv_mean + liver.suv_sd)
+        text = (f"qPSMA {config.qpsma_liver_factor:g} / liver {liver.suv_mean:.2f} x "
+                f"(liver + SD {liver.suv_sd:.2f})")
+    return t_soft, config.bone_threshold_suv, f"bone {config.bone_threshold_suv:g}, soft {text}"
+
+
+def _robust_centre_spread(values: NDArray[np.floating]) -> tuple[float, float]:
+    med = float(np.median(values))
+    mad = float(np.median(np.abs(values - med)))
+    return med, 1.4826 * mad
+
+
+# -- sparse helpers ---------------------------------------------------------------------------
+
+def _dilated_crop(
+    mask: NDArray[np.bool_], box: tuple[slice, slice, slice], offsets: NDArray[np.intp],
+) -> NDArray[np.bool_]:
+    """``mask`` dilated by ``offsets``, evaluated on the crop ``box``."""
+    reach = np.abs(offsets).max(axis=0) if len(offsets) else np.zeros(3, int)
+    lo = [max(s.start - int(r), 0) for s, r in zip(box, reach, strict=True)]
+    hi = [min(s.stop + int(r), n) for s, r, n in zip(box, reach, mask.shape, strict=True)]
+    big = np.asarray(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    if not big.any():
+        return np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+    struct = np.zeros(tuple(2 * reach + 1), dtype=bool)
+    struct[tuple((offsets + reach).T)] = True
+    dil = ndimage.binary_dilation(big, structure=struct)
+    return dil[box[0].start - lo[0]:box[0].stop - lo[0],
+               box[1].start - lo[1]:box[1].stop - lo[1],
+               box[2].start - lo[2]:box[2].stop - lo[2]]
+
+
+def _components(
+    fg: NDArray[np.intp], shape: tuple[int, int, int], connectivity: int,
+) -> tuple[NDArray[np.intp], int]:
+    """Connected-component label of each voxel of ``fg`` (flat indices)."""
+    if fg.size == 0:
+        return np.zeros(0, dtype=np.intp), 0
+    coords = np.unravel_index(fg, shape)
+    box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
+    binary = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+    local = tuple(c - s.start for c, s in zip(coords, box, strict=True))
+    binary[local] = True
+    cc, n = cc3d.connected_components(binary, connectivity=connectivity, return_N=True)
+    return cc[local].astype(np.intp), int(n)
+
+
+def _split_components(
+    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
+    config: LesionConfig,
+) -> tuple[NDArray[np.intp], int]:
+    """Watershed split of each component at h-maxima of SUV; returns new labels of ``fg``."""
+    coords = np.stack(np.unravel_index(fg, arr.shape), axis=1)
+    order = np.argsort(lab, kind="stable")
+    lab_sorted = lab[order]
+    bounds = np.searchsorted(lab_sorted, np.arange(1, n + 2))
+    new = np.zeros_like(lab)
+    next_id = 1
+    conn = {6: 1, 18: 2, 26: 3}[config.connectivity]
+    for c in range(n):
+        members = order[bounds[c]:bounds[c + 1]]
+        pts = coords[members]
+        if len(members) < 4:
+            new[members] = next_id
+            next_id += 1
+            continue
+        box = bbox_slices(pts, arr.shape, (1, 1, 1))
+        local = pts - np.array([s.start for s in box])
+        inside = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+        inside[tuple(local.T)] = True
+        img = np.where(inside, np.asarray(arr[box], dtype=np.float64), 0.0)
+        peaks = h_maxima(img, config.split_prominence_suv) & inside
+        markers, n_mark = cc3d.connected_components(peaks, connectivity=26, return_N=True)
+        if n_mark < 2:
+            new[members] = next_id
+            next_id += 1
+            continue
+        ws = watershed(-img, markers=markers.astype(np.int32), mask=inside, connectivity=conn)
+        parts = ws[tuple(local.T)].astype(np.intp)
+        new[members] = next_id + parts - 1
+        next_id += int(n_mark)
+    # Watershed parts of one component may be empty in principle: compact the ids.
+    used, compact = np.unique(new, return_inverse=True)
+    return compact.astype(np.intp) + 1, int(used.size)
+
+
+def _isocontour(
+    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
+    config: LesionConfig, excluded: NDArray[np.bool_] | None, excl_offsets: NDArray[np.intp],
+    organ_floor: list[tuple[NDArray[np.bool_], float]], spacing: tuple[float, float, float],
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
+    """Replace each component by the voxels >= fraction x its SUVmax connected to its maximum.
+
+    The region may grow up to ``isocontour_margin_mm`` beyond the component, never into the
+    excluded zone, and within organ-adaptive zones never below the organ threshold. Lesions are
+    processed by decreasing SUVmax; a voxel already taken stays with the first lesion.
+    """
+    frac = config.isocontour_fraction
+    assert frac is not None
+    shape = arr.shape
+    coords = np.stack(np.unravel_index(fg, shape), axis=1)
+    vals = arr.reshape(-1)[fg]
+    order = np.lexsort((fg, -vals, lab))
+    lab_sorted = lab[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(lab_sorted)) + 1]
+    stops = np.r_[starts[1:], len(order)]
+    maxima = vals[order[starts]]
+    margin_vox = np.ceil(config.isocontour_margin_mm / np.asarray(spacing)).astype(int)
+    grow = ball_offsets(config.isocontour_margin_mm, spacing)
+    taken = np.zeros(shape, dtype=bool) if n else np.zeros((1, 1, 1), dtype=bool)
+    out_fg: list[NDArray[np.intp]] = []
+    out_lab: list[NDArray[np.intp]] = []
+    next_id = 1
+    for c in np.argsort(-maxima, kind="stable"):
+        members = order[starts[c]:stops[c]]
+        pts = coords[members]
+        peak = coords[order[starts[c]]]
+        if taken[tuple(peak)]:
+            continue  # swallowed by a hotter lesion's isocontour
+        box = bbox_slices(pts, shape, margin_vox)
+        lo = np.array([s.start for s in box])
+        sub = np.asarray(arr[box], dtype=np.float64)
+        comp = np.zeros(sub.shape, dtype=bool)
+        comp[tuple((pts - lo).T)] = True
+        allowed = _dilated_crop(comp, (slice(0, sub.shape[0]), slice(0, sub.shape[1]),
+                                       slice(0, sub.shape[2])), grow)
+        allowed &= ~taken[box]
+        if excluded is not None:
+            allowed &= ~_dilated_crop(excluded, box, excl_offsets)
+        floor = np.zeros(sub.shape)
+        for organ, t_org in organ_floor:
+            zone = _dilated_crop(organ, box, excl_offsets)
+            floor[zone] = np.maximum(floor[zone], t_org)
+        region = allowed & (sub >= max(frac * float(maxima[c]), 0.0)) & (sub >= floor)
+        region[tuple(peak - lo)] = True
+        cc = cc3d.connected_components(region, connectivity=config.connectivity)
+        keep = cc == cc[tuple(peak - lo)]
+        kk = np.argwhere(keep) + lo
+        taken[tuple(kk.T)] = True
+        out_fg.append(np.ravel_multi_index(tuple(kk.T), shape))
+        out_lab.append(np.full(len(kk), next_id, dtype=np.intp))
+        next_id += 1
+    if not out_fg:
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), 0
+    new_fg = np.concatenate(out_fg)
+    new_lab = np.concatenate(out_lab)
+    srt = np.argsort(new_fg, kind="stable")
+    return new_fg[srt].astype(np.intp), new_lab[srt], next_id - 1
+
+
+# -- the finder -------------------------------------------------------------------------------
+
+def find_lesions(
+    suv: Volume, *, anatomy: Mapping[AnatomyLabel, NDArray[np.bool_]],
+    config: LesionConfig = _DEFAULT_CONFIG, anatomy_grid: Volume | None = None,
+) -> LesionResult:
+    """Find PSMA-avid lesions in an SUV image and quantify them.
+
+    Parameters
+    ----------
+    suv : Volume
+        SUV image (unit ``"g/ml"`` or ``"cm2/ml"``), shape (K, J, I).
+    anatomy : mapping of AnatomyLabel to bool ndarray, shape (K, J, I)
+        Anatomy masks on the PET grid (e.g. ``AnatomyMap.masks``). Used: ``body`` (candidates
+        inside it), ``bone`` (bone threshold, ganglion rule), the hard-excluded and
+        organ-adaptive organs of ``config``, ``urinary_bladder`` / ``ureters`` (equivocal),
+        ``aorta``, ``liver``, ``salivary_glands``, ``spleen`` (reference regions). Absent masks
+        are skipped and listed in ``LesionResult.notes``. Values may also be :class:`Volume`
+        masks, whose grid is then checked.
+    config : LesionConfig
+        Method and settings.
+    anatomy_grid : Volume, optional
+        The grid the masks were made on (``AnatomyMap.grid``); checked against the PET grid.
+
+    Returns
+    -------
+    LesionResult
+        uint16 label map, lesions ordered by decreasing SUVmax (ties: raster order),
+        reference values, applied thresholds.
+
+    Raises
+    ------
+    LesionError
+        If the image is not in SUV units, looks like Bq/ml, holds NaN/inf, a mask is on another
+        grid or shape, or the method needs a reference/mask that is missing.
+    """
+    _validate_suv(suv, config)
+    masks = _validate_anatomy(suv, anatomy, anatomy_grid)
+    arr = suv.array
+    shape = suv.shape
+    notes: list[str] = []
+    reference = measure_reference_regions(suv, anatomy=masks, config=config)
+    bone = masks.get(AnatomyLabel.BONE)
+    t_soft, t_bone, how = _thresholds(reference, config, bone is not None)
+    thresholds: dict[str, float] = {"soft_tissue": float(t_soft), "bone": float(t_bone)}
+    logger.debug("lesion thresholds: %s", how)
+
+    # 1. Candidate voxels.
+    t_min = min(t_soft, t_bone) if bone is not None else t_soft
+    above = arr >= t_min
+    body = masks.get(AnatomyLabel.BODY)
+    if body is not None:
+        above &= body
+    else:
+        notes.append("no body mask: candidates taken from the whole field of view")
+    cand = np.flatnonzero(above)
+    del above
+    cvals = arr.reshape(-1)[cand].astype(np.float64)
+    ccoords = np.stack(np.unravel_index(cand, shape), axis=1).astype(np.intp)
+    if bone is not None:
+        thr = np.where(bone.reshape(-1)[cand], t_bone, t_soft)
+    else:
+        thr = np.full(cand.size, t_soft)
+    margin = ball_offsets(config.exclusion_margin_mm, suv.spacing)
+    organ_floor: list[tuple[NDArray[np.bool_], float]] = []
+    for organ in config.adaptive_organs:
+        m = masks.get(organ)
+        if m is None:
+            notes.append(f"no {organ.value} mask: no organ-adaptive threshold there")
+            continue
+        organ_vals = arr[m]
+        if organ_vals.size < 2:
+            continue
+        centre, spread = _robust_centre_spread(organ_vals)
+        t_org = max(t_soft, centre + config.adaptive_sd_factor * spread)
+        thresholds[f"organ:{organ.value}"] = float(t_org)
+        organ_floor.append((m, t_org))
+        near = gather_any(m, ccoords, margin)
+        thr = np.where(near, np.maximum(thr, t_org), thr)
+    keep = cvals >= thr
+    present_excl = [(o, masks[o]) for o in config.excluded_organs if o in masks]
+    notes.extend(f"no {o.value} mask: its uptake is not excluded"
+                 for o in config.excluded_organs if o not in masks)
+    excluded: NDArray[np.bool_] | None = None
+    if present_excl:
+        excluded = np.logical_or.reduce([m for _, m in present_excl])
+        idx = np.flatnonzero(keep)
+        keep[idx[gather_any(excluded, ccoords[idx], margin)]] = False
+    fg = cand[keep]
+    del ccoords, cvals, thr, cand, keep
+
+    # 2. Connected components, minimum volume.
+    lab, n = _components(fg, shape, config.connectivity)
+    fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
+
+    # 3. Organ spill-over next to hard-excluded organs (peak on the excluded organ's rim).
+    spill: dict[str, NDArray[np.intp]] = {}
+    if present_excl and n and config.spill_drop:
+        fg, lab, n, spill = _remove_spill(arr, fg, lab, n, present_excl, suv.spacing, config)
+
+    # 4. Optional split and isocontour refinement.
+    if config.split and n:
+        lab, n = _split_components(arr, fg, lab, n, config)
+    if config.isocontour_fraction is not None and n:
+        fg, lab, n = _isocontour(arr, fg, lab, n, config, excluded, margin, organ_floor,
+                                 suv.spacing)
+        fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
+    if n > _MAX_LABEL:
+        raise LesionError(
+            f"{n} lesions found, more than a uint16 label map holds ({_MAX_LABEL}); the "
+            "threshold is probably far too low for this image."
+        )
+
+    # 5. Deterministic relabel by decreasing SUVmax, ties by raster order of the max voxel.
+    mask_names = tuple(str(k) for k in masks)
+    labels = np.zeros(shape, dtype=np.uint16)
+    if not n:
+        return LesionResult(suv.with_array(labels, unit="label"), (), reference, thresholds,
+                            config, mask_names, tuple(notes))
+    vals = arr.reshape(-1)[fg]
+    order = np.lexsort((fg, -vals, lab))
+    starts = np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]
+    first = order[starts]
+    rank = np.lexsort((fg[first], -vals[first]))
+    lut = np.zeros(n + 1, dtype=np.intp)
+    lut[lab[first[rank]]] = np.arange(1, n + 1)
+    lab = lut[lab]
+    labels.reshape(-1)[fg] = lab.astype(np.uint16)
+    meas = measure_lesions(suv, fg, lab, n, masks=[masks[AnatomyLabel(k)] for k in mask_names],
+                           peak_volume_ml=config.suv_peak_volume_ml)
+
+    # 6. Equivocal flags, miPSMA.
+    reasons = _equivocal_reasons(suv, fg, lab, n, meas, masks, config, spill)
+    scores, indices = mipsma(meas.suv_max, reference, tracer=config.tracer)
+    lesions = tuple(
+        Lesion(
+            id=i + 1,
+            voxel_count=int(meas.voxel_count[i]),
+            volume_ml=float(meas.volume_ml[i]),
+            suv_max=float(meas.suv_max[i]),
+            suv_mean=float(meas.suv_mean[i]),
+            suv_peak=float(meas.suv_peak[i]),
+            tl_psma=float(meas.tl_psma[i]),
+            centroid_mm=_triple(meas.centroid_mm[i]),
+            suv_max_position_mm=_triple(meas.suv_max_position_mm[i]),
+            mipsma_score=scores[i],
+            mipsma_index=indices[i],
+            overlaps=overlap_dict(mask_names, meas.overlaps[i]),
+            equivocal=reasons[i] is not None,
+            equivocal_reason=reasons[i],
+        )
+        for i in range(n)
+    )
+    logger.info("found %d lesion(s) (%d equivocal) with %s", n,
+                sum(les.equivocal for les in lesions), how)
+    return LesionResult(suv.with_array(labels, unit="label"), lesions, reference, thresholds,
+                        config, mask_names, tuple(notes))
+
+
+def _drop_small(
+    fg: NDArray[np.intp], lab: NDArray[np.intp], n: int, voxel_ml: float, min_ml: float,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
+    """Remove components below ``min_ml`` and renumber the rest 1..n' (order kept)."""
+    if n == 0:
+        return fg, lab, 0
+    counts = np.bincount(lab, minlength=n + 1)
+    ok = counts * voxel_ml >= min_ml * (1 - 1e-9)
+    ok[0] = False
+    lut = np.zeros(n + 1, dtype=np.intp)
+    lut[ok] = np.arange(1, int(ok.sum()) + 1)
+    sel = ok[lab]
+    return fg[sel], lut[lab[sel]], int(ok.sum())
+
+
+def _max_voxels(
+    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp],
+) -> NDArray[np.intp]:
+    """Position in ``fg`` of each label's SUVmax voxel (lowest flat index on ties)."""
+    vals = arr.reshape(-1)[fg]
+    order = np.lexsort((fg, -vals, lab))
+    starts = np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]
+    return np.asarray(order[starts], dtype=np.intp)
+
+
+def _remove_spill(
+    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
+    present_excl: list[tuple[AnatomyLabel, NDArray[np.bool_]]],
+    spacing: tuple[float, float, float], config: LesionConfig,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int, dict[str, NDArray[np.intp]]]:
+    """Find components whose SUVmax lies on the rim of a hard-excluded organ's margin.
+
+    Such a component is the organ's partial-volume spill (its uptake rises towards the organ),
+    not a focus of its own. Spill of ``equivocal_touch`` organs (bladder, ureters) is kept, with
+    its voxels returned per organ for the equivocal flag; other spill is dropped.
+    """
+    peaks = _max_voxels(arr, fg, lab)
+    peak_coords = np.stack(np.unravel_index(fg[peaks], arr.shape), axis=1).astype(np.intp)
+    rim = ball_offsets(config.exclusion_margin_mm + max(spacing) * 1.01, spacing)
+    drop = np.zeros(n + 1, dtype=bool)
+    flagged: dict[str, NDArray[np.bool_]] = {}
+    for organ, m in present_excl:
+        on_rim = gather_any(m, peak_coords, rim)
+        if not on_rim.any():
+            continue
+        ids = lab[peaks[on_rim]]
+        if organ in config.equivocal_touch:
+            flagged[organ.value] = np.isin(lab, ids)
+        else:
+            drop[ids] = True
+    spill = {name: fg[sel & ~drop[lab]] for name, sel in flagged.items()}
+    if not drop.any():
+        return fg, lab, n, spill
+    keep_lab = ~drop
+    keep_lab[0] = False
+    lut = np.zeros(n + 1, dtype=np.intp)
+    lut[keep_lab] = np.arange(1, int(keep_lab.sum()) + 1)
+    sel = keep_lab[lab]
+    logger.debug("dropped %d organ spill-over component(s)", int(drop.sum()))
+    return fg[sel], lut[lab[sel]], int(keep_lab.sum()), spill
+
+
+def _equivocal_reasons(
+    suv: Volume, fg: NDArray[np.intp], lab: NDArray[np.intp], n: int, meas: LesionMeasures,
+    masks: Mapping[AnatomyLabel, NDArray[np.bool_]], config: LesionConfig,
+    spill: Mapping[str, NDArray[np.intp]],
+) -> list[str | None]:
+    """Why each lesion is equivocal (``None`` if it is not)."""
+    reasons: list[list[str]] = [[] for _ in range(n)]
+    coords = np.stack(np.unravel_index(fg, suv.shape), axis=1).astype(np.intp)
+    touch = ball_offsets(config.equivocal_touch_mm, suv.spacing)
+    for organ in config.equivocal_touch:
+        m = masks.get(organ)
+        if m is None:
+            continue
+        near = gather_any(m, coords, touch)
+        hit = np.bincount(lab[near], minlength=n + 1)[1:] > 0
+        for i in np.flatnonzero(hit):
+            reasons[i].append(f"within {config.equivocal_touch_mm:g} mm of {organ.value}")
+    max_flat = np.ravel_multi_index(tuple(meas.suv_max_index.T), suv.shape)
+    for organ_name, voxels in spill.items():
+        for i in np.flatnonzero(np.isin(max_flat, voxels)):
+            text = f"{organ_name} spill-over (peak on the organ rim)"
+            if text not in reasons[i]:
+                reasons[i].append(text)
+    bone = masks.get(AnatomyLabel.BONE)
+    if bone is not None and config.ganglion_max_suv > 0:
+        cand = (meas.suv_max < config.ganglion_max_suv) & (
+            meas.volume_ml < config.ganglion_max_volume_ml)
+        liver = masks.get(AnatomyLabel.LIVER)
+        if liver is not None and liver.any():
+            # Cervical, stellate and coeliac ganglia lie above the lower liver edge; pelvic
+            # nodes next to the pelvic bones must not be caught by this rule.
+            z_low = suv.index_to_world(np.argwhere(liver)[:, :3])[:, 2].min()
+            cand &= meas.centroid_mm[:, 2] >= z_low
+        cand_ids = np.flatnonzero(cand) + 1
+        if cand_ids.size:
+            sel = np.isin(lab, cand_ids)
+            in_bone = np.bincount(lab[sel], weights=bone.reshape(-1)[fg[sel]],
+                                  minlength=n + 1)[1:]
+            near = gather_any(bone, coords[sel],
+                              ball_offsets(config.ganglion_bone_distance_mm, suv.spacing))
+            near_cnt = np.bincount(lab[sel][near], minlength=n + 1)[1:]
+            for i in cand_ids - 1:
+                if in_bone[i] == 0 and near_cnt[i] > 0:
+                    reasons[i].append(
+                        f"sympathetic-ganglion-like (SUVmax < {config.ganglion_max_suv:g}, "
+                        f"< {config.ganglion_max_volume_ml:g} mL, "
+                        f"<= {config.ganglion_bone_distance_mm:g} mm from bone)")
+    return ["; ".join(r) if r else None for r in reasons]
+
+
+def _triple(row: NDArray[np.float64]) -> tuple[float, float, float]:
+    return (float(row[0]), float(row[1]), float(row[2]))
