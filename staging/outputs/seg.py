@@ -1,0 +1,157 @@
+"""``lesions_seg.dcm``: a DICOM Segmentation (highdicom) of the lesions on the source PET series.
+
+One segment per lesion category present (fossa, pelvic node, extrapelvic node, bone, visceral,
+equivocal). Frames are built per source PET instance by sampling the lesion label map at the
+LPS centre of every pixel of that instance, so the segmentation overlays the PET in any viewer
+whatever the loader's internal axis order (head-first or feet-first, any in-plane orientation).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+
+from imaging import __version__
+from imaging.errors import DicomError
+from imaging.vocabulary import LesionCategory
+from imaging.volume import Volume
+from staging.outputs.mip import CATEGORY_COLORS, CATEGORY_LABELS
+
+__all__ = ["SEGMENT_ORDER", "frame_masks", "write_dicom_seg"]
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_ORDER: tuple[str, ...] = tuple(c.value for c in LesionCategory)
+"""Categories in segment order; only categories with lesions get a segment (numbered 1..)."""
+
+
+def _slice_pixel_centres(ds: Dataset) -> NDArray[np.float64]:
+    """LPS centres (rows, columns, 3) of the pixels of one single-frame image."""
+    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
+    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    r = np.arange(rows, dtype=np.float64)[:, None, None]
+    c = np.arange(cols, dtype=np.float64)[None, :, None]
+    return ipp + c * col_spacing * iop[:3] + r * row_spacing * iop[3:]
+
+
+def frame_masks(label_map: NDArray[np.integer[Any]], grid: Volume,
+                source_images: Sequence[Dataset]) -> NDArray[Any]:
+    """Sample a label map (on ``grid``) at the pixels of each source image.
+
+    Returns
+    -------
+    ndarray, shape (n_images, rows, columns)
+        Label value at each pixel centre (nearest voxel; 0 outside the grid).
+    """
+    first = source_images[0]
+    out = np.zeros((len(source_images), int(first.Rows), int(first.Columns)),
+                   dtype=label_map.dtype)
+    shape = np.asarray(grid.shape)
+    for n, ds in enumerate(source_images):
+        idx = np.rint(grid.world_to_index(_slice_pixel_centres(ds))).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < shape), axis=-1)
+        k, j, i = (np.where(inside, idx[..., a], 0) for a in range(3))
+        out[n] = np.where(inside, label_map[k, j, i], 0)
+    return out
+
+
+def write_dicom_seg(
+    labels: Volume,
+    categories: Mapping[int, str],
+    source_images: Sequence[Dataset],
+    path: Path,
+    *,
+    series_number: int = 901,
+) -> Path:
+    """Write the lesions as a DICOM Segmentation referencing ``source_images``.
+
+    Parameters
+    ----------
+    labels : Volume
+        Lesion ids (uint16) on the PET grid.
+    categories : mapping
+        Lesion id -> category value.
+    source_images : sequence of pydicom Dataset
+        Headers of the source PET series (pixel data not needed).
+    path : Path
+        Output file.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    ValueError
+        If there is no lesion to segment (a segmentation needs at least one segment).
+    DicomError
+        If the source headers cannot carry a segmentation (highdicom's reason is included).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    present = [c for c in SEGMENT_ORDER if c in set(categories.values())]
+    if not present:
+        raise ValueError("No lesions: a DICOM Segmentation needs at least one segment.")
+    segment_of = {c: n + 1 for n, c in enumerate(present)}
+    ids = np.asarray(labels.array)
+    lut = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.uint8)
+    for lesion_id, category in categories.items():
+        if 0 < lesion_id < lut.size:
+            lut[lesion_id] = segment_of[category]
+    segment_map = lut[ids]
+    images = sorted(source_images, key=lambda ds: int(getattr(ds, "InstanceNumber", 0) or 0))
+    frames = frame_masks(segment_map, labels, images)
+    descriptions = []
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="psma-stage SUV threshold", version=__version__,
+        family=codes.cid7162.HistogramAnalysis,
+    )
+    for category in present:
+        colour = CATEGORY_COLORS[category].lstrip("#")
+        rgb = tuple(int(colour[n:n + 2], 16) for n in (0, 2, 4))
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=segment_of[category],
+            segment_label=CATEGORY_LABELS[category],
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_id=category,
+            tracking_uid=hd.UID(),
+            display_color=hd.color.CIELabColor.from_rgb(*rgb),
+        ))
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=images,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="psma-stage",
+            manufacturer_model_name="psma-stage",
+            software_versions=__version__,
+            device_serial_number="none",
+            series_description="psma-stage lesions by category",
+            content_label="LESIONS",
+            content_description="PSMA-avid lesions by staging category",
+            omit_empty_frames=True,
+        )
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        raise DicomError(
+            f"cannot build the DICOM Segmentation on the PET series ({type(err).__name__}: {err})."
+        ) from err
+    seg.save_as(path)
+    logger.debug("wrote SEG with %d segments", len(present))
+    return path
