@@ -99,9 +99,8 @@ class LesionConfig:
     adaptive_sd_factor : float
         The 3 of the organ-adaptive threshold [D].
     spill_drop : bool
-        Drop a component that touches an excluded organ's margin and has its SUVmax on that
-        border (organ spill-over, not a focus of its own); bladder/ureter spill is kept and
-        flagged equivocal instead [D].
+        Drop a component whose SUVmax lies on the rim of an excluded organ's margin: its uptake
+        rises towards the organ, so it is the organ's partial-volume spill, not a focus [D].
     equivocal_touch : tuple of AnatomyLabel
         Lesions within ``equivocal_touch_mm`` of these masks are kept and flagged equivocal
         (domain.md 2.4 step 3).

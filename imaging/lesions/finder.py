@@ -98,7 +98,7 @@ _COLUMNS = (
 )
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class LesionResult:
     """Lesions of one scan: the label map, the lesion list and the reference regions.
 
@@ -125,6 +125,11 @@ class LesionResult:
     config: LesionConfig
     overlap_labels: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __repr__(self) -> str:
+        n_eq = sum(les.equivocal for les in self.lesions)
+        return (f"LesionResult({self.config.name}: {self.lesion_count} lesion(s), {n_eq} "
+                f"equivocal, PSMA-TV {self.psma_tv_ml:.2f} mL, grid {self.labels.shape})")
 
     @property
     def lesion_count(self) -> int:
@@ -550,9 +555,8 @@ def find_lesions(
     fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
 
     # 3. Organ spill-over next to hard-excluded organs (peak on the excluded organ's rim).
-    spill: dict[str, NDArray[np.intp]] = {}
-    if present_excl and n and config.spill_drop:
-        fg, lab, n, spill = _remove_spill(arr, fg, lab, n, present_excl, suv.spacing, config)
+    if excluded is not None and n and config.spill_drop:
+        fg, lab, n = _remove_spill(arr, fg, lab, n, excluded, suv.spacing, config)
 
     # 4. Optional split and isocontour refinement.
     if config.split and n:
@@ -586,7 +590,7 @@ def find_lesions(
                            peak_volume_ml=config.suv_peak_volume_ml)
 
     # 6. Equivocal flags, miPSMA.
-    reasons = _equivocal_reasons(suv, fg, lab, n, meas, masks, config, spill)
+    reasons = _equivocal_reasons(suv, fg, lab, n, meas, masks, config)
     scores, indices = mipsma(meas.suv_max, reference, tracer=config.tracer)
     lesions = tuple(
         Lesion(
@@ -640,45 +644,33 @@ def _max_voxels(
 
 def _remove_spill(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
-    present_excl: list[tuple[AnatomyLabel, NDArray[np.bool_]]],
-    spacing: tuple[float, float, float], config: LesionConfig,
-) -> tuple[NDArray[np.intp], NDArray[np.intp], int, dict[str, NDArray[np.intp]]]:
-    """Find components whose SUVmax lies on the rim of a hard-excluded organ's margin.
+    excluded: NDArray[np.bool_], spacing: tuple[float, float, float], config: LesionConfig,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
+    """Drop components whose SUVmax lies on the rim of the hard-excluded zone.
 
-    Such a component is the organ's partial-volume spill (its uptake rises towards the organ),
-    not a focus of its own. Spill of ``equivocal_touch`` organs (bladder, ureters) is kept, with
-    its voxels returned per organ for the equivocal flag; other spill is dropped.
+    Such a component is an excluded organ's partial-volume spill (its uptake rises towards the
+    organ), not a focus of its own; a real lesion next to the organ has its maximum inside it.
     """
     peaks = _max_voxels(arr, fg, lab)
     peak_coords = np.stack(np.unravel_index(fg[peaks], arr.shape), axis=1).astype(np.intp)
     rim = ball_offsets(config.exclusion_margin_mm + max(spacing) * 1.01, spacing)
+    on_rim = gather_any(excluded, peak_coords, rim)
+    if not on_rim.any():
+        return fg, lab, n
     drop = np.zeros(n + 1, dtype=bool)
-    flagged: dict[str, NDArray[np.bool_]] = {}
-    for organ, m in present_excl:
-        on_rim = gather_any(m, peak_coords, rim)
-        if not on_rim.any():
-            continue
-        ids = lab[peaks[on_rim]]
-        if organ in config.equivocal_touch:
-            flagged[organ.value] = np.isin(lab, ids)
-        else:
-            drop[ids] = True
-    spill = {name: fg[sel & ~drop[lab]] for name, sel in flagged.items()}
-    if not drop.any():
-        return fg, lab, n, spill
+    drop[lab[peaks[on_rim]]] = True
     keep_lab = ~drop
     keep_lab[0] = False
     lut = np.zeros(n + 1, dtype=np.intp)
     lut[keep_lab] = np.arange(1, int(keep_lab.sum()) + 1)
     sel = keep_lab[lab]
     logger.debug("dropped %d organ spill-over component(s)", int(drop.sum()))
-    return fg[sel], lut[lab[sel]], int(keep_lab.sum()), spill
+    return fg[sel], lut[lab[sel]], int(keep_lab.sum())
 
 
 def _equivocal_reasons(
     suv: Volume, fg: NDArray[np.intp], lab: NDArray[np.intp], n: int, meas: LesionMeasures,
     masks: Mapping[AnatomyLabel, NDArray[np.bool_]], config: LesionConfig,
-    spill: Mapping[str, NDArray[np.intp]],
 ) -> list[str | None]:
     """Why each lesion is equivocal (``None`` if it is not)."""
     reasons: list[list[str]] = [[] for _ in range(n)]
@@ -692,12 +684,6 @@ def _equivocal_reasons(
         hit = np.bincount(lab[near], minlength=n + 1)[1:] > 0
         for i in np.flatnonzero(hit):
             reasons[i].append(f"within {config.equivocal_touch_mm:g} mm of {organ.value}")
-    max_flat = np.ravel_multi_index(tuple(meas.suv_max_index.T), suv.shape)
-    for organ_name, voxels in spill.items():
-        for i in np.flatnonzero(np.isin(max_flat, voxels)):
-            text = f"{organ_name} spill-over (peak on the organ rim)"
-            if text not in reasons[i]:
-                reasons[i].append(text)
     bone = masks.get(AnatomyLabel.BONE)
     if bone is not None and config.ganglion_max_suv > 0:
         cand = (meas.suv_max < config.ganglion_max_suv) & (
