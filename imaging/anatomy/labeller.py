@@ -1,0 +1,222 @@
+"""``label_anatomy``: CT (+ PET) -> :class:`AnatomyMap` on the PET grid."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imaging.anatomy.grid import WorkGrid, make_work_grid, resample_onto, to_reference
+from imaging.anatomy.landmarks import PelvisFrame, find_landmarks
+from imaging.anatomy.model import AnatomyConfig, AnatomyMap, LandmarkFinding, MaskInfo
+from imaging.anatomy.organs import find_organs
+from imaging.anatomy.providers import ProviderMasks, load_provider_masks
+from imaging.anatomy.regions import REGION_ORDER, fossa_box, nodal_regions
+from imaging.anatomy.tissues import segment_tissues
+from imaging.errors import AnatomyError
+from imaging.volume import Volume
+from imaging.vocabulary import AnatomyLabel, Landmark
+
+__all__ = ["label_anatomy"]
+
+logger = logging.getLogger(__name__)
+
+_BITS: tuple[AnatomyLabel, ...] = tuple(AnatomyLabel)
+
+
+def _check_inputs(ct: Volume, pet: Volume | None) -> None:
+    if ct.unit != "HU":
+        raise AnatomyError(f"label_anatomy needs a CT in HU, got unit {ct.unit!r}; convert the "
+                           "CT to Hounsfield units (rescale slope/intercept) first.")
+    arr = np.asarray(ct.array)
+    if not np.isfinite(arr).all() if arr.dtype.kind == "f" else False:
+        raise AnatomyError("The CT holds NaN or infinite values; fix the reader or the file.")
+    if pet is not None and pet.unit not in ("g/ml", "cm2/ml", "Bq/ml", "CNTS", "1"):
+        raise AnatomyError(f"PET unit {pet.unit!r} is not a PET unit (expected SUV g/ml).")
+
+
+def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | None = None,
+                  config: AnatomyConfig = AnatomyConfig()) -> AnatomyMap:  # noqa: B008
+    """Label organs, landmarks, the prostate fossa and nodal regions of a PET/CT study.
+
+    Parameters
+    ----------
+    ct : Volume
+        CT in HU, any orientation (HFS, FFS, prone, oblique rows) and slice thickness.
+    pet : Volume, optional
+        PET in SUV (g/ml) on its own grid; helps to find the bladder, kidneys, liver, spleen
+        and salivary glands. Must share the CT's frame of reference.
+    reference : Volume, optional
+        Grid of the results; defaults to ``pet``'s grid, else the CT's.
+    config : AnatomyConfig
+        Thresholds, provider choice and pelvic boundary.
+
+    Returns
+    -------
+    AnatomyMap
+        Masks, nodal regions and landmarks on the reference grid, each with provider,
+        confidence and reason.
+
+    Raises
+    ------
+    AnatomyError
+        If the CT is not in HU or holds no body, or if ``config.require_pelvis`` is set and the
+        pelvis (femoral heads, symphysis, aortic bifurcation) cannot be located.
+    """
+    _check_inputs(ct, pet)
+    ref = reference if reference is not None else (pet if pet is not None else ct)
+    grid = make_work_grid(ct, config.working_spacing_mm)
+    hu = resample_onto(ct, grid, fill=-1024.0)
+    tissues = segment_tissues(hu, grid.spacing_mm, config=config)
+    if not tissues.body.any():
+        raise AnatomyError(
+            f"No body found in the CT (no voxel above {config.body_hu:g} HU in a component of "
+            f">= {config.body_min_ml:g} mL); check that the series is a CT in HU."
+        )
+    pet_w = resample_onto(pet, grid, fill=0.0) if pet is not None else None
+    frame = find_landmarks(tissues, grid, config=config)
+    organs = find_organs(hu, pet_w, tissues, grid, frame, config=config)
+
+    provider: ProviderMasks | None = None
+    if config.provider != "rule":
+        assert config.provider_path is not None  # checked by AnatomyConfig
+        provider = load_provider_masks(config.provider_path, kind=config.provider, grid=grid,
+                                       ct=ct)
+        _apply_vessel_landmarks(provider, grid, frame)
+
+    masks_w: dict[AnatomyLabel, NDArray[np.bool_]] = {}
+    info: dict[str, MaskInfo] = {}
+    voxel_ml = grid.spacing_mm**3 / 1000.0
+    for label, arr, reason in (
+        (AnatomyLabel.BODY, tissues.body, "HU > %g, couch removed, holes filled" % config.body_hu),
+        (AnatomyLabel.BONE, tissues.bone, tissues.notes.get(
+            "bone", f"HU >= {config.bone_hu:g}, closed, marrow filled, metal removed")),
+        (AnatomyLabel.LUNGS, tissues.lungs, f"air < {config.lung_hu:g} HU inside the body, "
+         "large components"),
+        (AnatomyLabel.METAL, tissues.metal, f"HU >= {config.metal_hu:g}"),
+    ):
+        if arr.any():
+            masks_w[label] = arr
+            info[label.value] = MaskInfo("rule", 0.9, reason, float(arr.sum() * voxel_ml))
+        else:
+            info[label.value] = MaskInfo("rule", 0.0, tissues.notes.get(
+                label.value, f"nothing matched ({reason})"))
+    for label, res in organs.items():
+        if res.mask is not None and res.mask.any():
+            masks_w[label] = res.mask
+            info[label.value] = MaskInfo("rule", res.confidence, res.reason,
+                                         float(res.mask.sum() * voxel_ml))
+        else:
+            info[label.value] = MaskInfo("rule", 0.0, res.reason)
+    if provider is not None:
+        for label, arr in provider.masks.items():
+            masks_w[label] = arr
+            info[label.value] = MaskInfo(provider.name, 0.95,
+                                         f"{provider.name} classes: "
+                                         f"{', '.join(provider.sources[label])}",
+                                         float(arr.sum() * voxel_ml))
+    bladder = masks_w.get(AnatomyLabel.URINARY_BLADDER)
+    fossa, why = fossa_box(tissues, grid, frame, bladder, config=config)
+    if fossa is not None and fossa.any():
+        masks_w[AnatomyLabel.PROSTATE_FOSSA] = fossa
+        info[AnatomyLabel.PROSTATE_FOSSA.value] = MaskInfo("rule", 0.7, why,
+                                                           float(fossa.sum() * voxel_ml))
+    else:
+        info[AnatomyLabel.PROSTATE_FOSSA.value] = MaskInfo("rule", 0.0, why)
+    for label in AnatomyLabel:
+        info.setdefault(label.value, MaskInfo("rule", 0.0, "no rule for this label; use a "
+                                              "model provider (totalsegmentator / moose)"))
+    regions_w, region_reasons = nodal_regions(tissues, grid, frame, config=config)
+
+    # -- onto the reference grid: one bitfield and one region index, nearest neighbour ----------
+    bits = np.zeros(grid.shape, dtype=np.uint32)
+    for n, label in enumerate(_BITS):
+        if label in masks_w:
+            bits |= masks_w[label].astype(np.uint32) << np.uint32(n)
+    bits_ref = to_reference(bits, grid, ref)
+    regions_ref = to_reference(regions_w, grid, ref)
+    masks = {label: (bits_ref & np.uint32(1 << n)) > 0 for n, label in enumerate(_BITS)
+             if label in masks_w}
+    nodal = {}
+    for n, region in enumerate(REGION_ORDER):
+        m = regions_ref == n + 1
+        if m.any():
+            nodal[region] = m
+        info[region.value] = MaskInfo("rule", 0.6 if m.any() else 0.0,
+                                      region_reasons.get(region, "not located"),
+                                      float(m.sum() * ref.voxel_volume_ml))
+    boundary_lm = (Landmark.AORTIC_BIFURCATION if config.pelvic_boundary == "aortic_bifurcation"
+                   else None)
+    if boundary_lm is not None:
+        boundary_z = frame.z(boundary_lm)
+    else:
+        zz = [frame.z(lm) for lm in (Landmark.COMMON_ILIAC_BIFURCATION_LEFT,
+                                     Landmark.COMMON_ILIAC_BIFURCATION_RIGHT)]
+        found = [z for z in zz if z is not None]
+        boundary_z = float(np.mean(found)) if found else None
+    flags = list(frame.flags)
+    if boundary_z is None:
+        flags.append("pelvic_boundary_not_located")
+    if config.require_pelvis:
+        _require_pelvis(frame, boundary_z)
+    grid_vol = ref.with_array(np.broadcast_to(np.uint8(0), ref.shape), unit="mask")
+    return AnatomyMap(grid=grid_vol, masks=masks, nodal_regions=nodal,
+                      landmarks={lm: frame.landmarks[lm] for lm in Landmark},
+                      mask_info=info, pelvic_boundary=config.pelvic_boundary,
+                      pelvic_boundary_z_mm=boundary_z, provider=config.provider,
+                      flags=tuple(flags))
+
+
+def _require_pelvis(frame: PelvisFrame, boundary_z: float | None) -> None:
+    needed = (Landmark.FEMORAL_HEAD_LEFT, Landmark.FEMORAL_HEAD_RIGHT,
+              Landmark.PUBIC_SYMPHYSIS_SUPERIOR, Landmark.PUBIC_SYMPHYSIS_INFERIOR)
+    missing = [f"{lm.value} ({frame.landmarks[lm].reason})" for lm in needed
+               if not frame.landmarks[lm].found]
+    if boundary_z is None:
+        missing.append("pelvic boundary (aortic / common-iliac bifurcation)")
+    if missing:
+        raise AnatomyError(
+            "The pelvis could not be located, so fossa and pelvic-node regions are unknown: "
+            + "; ".join(missing) + ". Check that the CT covers the pelvis (vertex to mid-thigh), "
+            "or supply model masks (provider='totalsegmentator' or 'moose')."
+        )
+
+
+def _apply_vessel_landmarks(provider: ProviderMasks, grid: WorkGrid, frame: PelvisFrame) -> None:
+    """Aortic and common-iliac bifurcations from the provider's vessel masks (domain.md 3.4)."""
+    aorta = provider.roles.get("aorta")
+    if aorta is not None and aorta.any():
+        zs = np.flatnonzero(aorta.any(axis=(1, 2)))
+        k = zs[0]
+        if k <= 1:
+            frame.landmarks[Landmark.AORTIC_BIFURCATION] = LandmarkFinding(
+                None, 0.0, "the aorta mask reaches the caudal edge of the scan: its end "
+                "(the bifurcation) is outside the CT", "none")
+            aorta = None
+    if aorta is not None and aorta.any():
+        _, jj, ii = np.nonzero(aorta[k:k + 2])
+        pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
+        frame.landmarks[Landmark.AORTIC_BIFURCATION] = LandmarkFinding(
+            tuple(float(v) for v in pos), 0.85, "inferior end of the aorta mask", "vessels")
+    for side, lm in (("left", Landmark.COMMON_ILIAC_BIFURCATION_LEFT),
+                     ("right", Landmark.COMMON_ILIAC_BIFURCATION_RIGHT)):
+        art = provider.roles.get(f"iliac_artery_{side}")
+        if art is None or not art.any():
+            continue
+        zs = np.flatnonzero(art.any(axis=(1, 2)))
+        if zs[0] <= 1:
+            continue
+        if aorta is None or not aorta.any():
+            k = zs[-1]
+            _, jj, ii = np.nonzero(art[k])
+            pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
+            frame.landmarks[Landmark.AORTIC_BIFURCATION] = LandmarkFinding(
+                tuple(float(v) for v in pos), 0.7, "cranial end of the iliac artery mask",
+                "vessels")
+        k = zs[0]
+        _, jj, ii = np.nonzero(art[k])
+        pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
+        frame.landmarks[lm] = LandmarkFinding(tuple(float(v) for v in pos), 0.7,
+                                              "caudal end of the common iliac artery mask",
+                                              "vessels")

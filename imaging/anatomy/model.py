@@ -1,0 +1,362 @@
+"""Result and configuration types of the anatomy labeller."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from imaging.errors import AnatomyError, ConfigError
+from imaging.volume import Volume
+from imaging.vocabulary import (
+    ANATOMY_LABEL_VALUES,
+    PELVIC_NODAL_REGIONS,
+    AnatomyLabel,
+    Landmark,
+    NodalRegion,
+)
+
+__all__ = [
+    "LABEL_PRIORITY",
+    "AnatomyConfig",
+    "AnatomyMap",
+    "LandmarkFinding",
+    "MaskInfo",
+    "PointRegion",
+]
+
+PelvicBoundary = Literal["aortic_bifurcation", "common_iliac_bifurcation"]
+ProviderName = Literal["rule", "totalsegmentator", "moose"]
+
+LABEL_PRIORITY: tuple[AnatomyLabel, ...] = (
+    AnatomyLabel.METAL,
+    AnatomyLabel.BONE,
+    AnatomyLabel.URINARY_BLADDER,
+    AnatomyLabel.KIDNEYS,
+    AnatomyLabel.URETERS,
+    AnatomyLabel.PROSTATE,
+    AnatomyLabel.RECTUM,
+    AnatomyLabel.BOWEL,
+    AnatomyLabel.LIVER,
+    AnatomyLabel.GALLBLADDER,
+    AnatomyLabel.SPLEEN,
+    AnatomyLabel.ADRENALS,
+    AnatomyLabel.SALIVARY_GLANDS,
+    AnatomyLabel.LACRIMAL_GLANDS,
+    AnatomyLabel.AORTA,
+    AnatomyLabel.ILIAC_VESSELS,
+    AnatomyLabel.HEART,
+    AnatomyLabel.BRAIN,
+    AnatomyLabel.LUNGS,
+    AnatomyLabel.PROSTATE_FOSSA,
+    AnatomyLabel.BODY,
+)
+"""Order in which overlapping masks are written into one label volume (first wins)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AnatomyConfig:
+    """Settings of the anatomy labeller (domain.md 3; every [D] default is here).
+
+    Parameters
+    ----------
+    provider : {"rule", "totalsegmentator", "moose"}
+        Which provider makes the organ masks. Model providers read ``provider_path`` (a
+        multilabel NIfTI with its label names, or a folder of per-class NIfTIs); their masks
+        replace the rule-based ones they cover, the rule-based provider fills in the rest.
+    provider_path : Path or None
+        Output of the model provider, on the CT's frame of reference.
+    pelvic_boundary : {"aortic_bifurcation", "common_iliac_bifurcation"}
+        PROMISE (default) or AJCC pelvic / extrapelvic boundary (domain.md 1.2).
+    working_spacing_mm : float
+        Isotropic spacing of the internal working grid; masks are computed there, then put on
+        the reference grid.
+    """
+
+    provider: ProviderName = "rule"
+    provider_path: Path | None = None
+    pelvic_boundary: PelvicBoundary = "aortic_bifurcation"
+    working_spacing_mm: float = 3.0
+    require_pelvis: bool = False
+    # body
+    body_hu: float = -500.0
+    body_opening_mm: float = 6.0
+    body_min_ml: float = 100.0
+    # lungs
+    lung_hu: float = -400.0
+    lung_min_ml: float = 300.0
+    trachea_max_area_cm2: float = 12.0
+    # bone
+    bone_hu: float = 150.0
+    bone_closing_mm: float = 3.0
+    bone_min_ml: float = 5.0
+    bone_min_peak_hu: float = 400.0
+    marrow_fill_max_cm2: float = 40.0
+    marrow_min_hu: float = 60.0
+    metal_hu: float = 2500.0
+    metal_min_ml: float = 1.0
+    # bladder and PET organs
+    bladder_suv: float = 15.0
+    bladder_hu: tuple[float, float] = (-10.0, 40.0)
+    bladder_search_mm: float = 15.0
+    kidney_suv: float = 10.0
+    salivary_suv: float = 6.0
+    organ_suv: float = 3.0
+    # fossa box (domain.md 3.3)
+    fossa_below_symphysis_mm: float = 10.0
+    fossa_above_symphysis_mm: float = 40.0
+    fossa_rectum_allowance_mm: float = 30.0
+    fossa_bladder_wall_mm: float = 15.0
+    fossa_obturator_internus_mm: float = 15.0
+    # nodal regions (domain.md 3.4)
+    intercristal_to_aortic_bifurcation_mm: float = 0.0
+    presacral_half_width_mm: float = 20.0
+    presacral_depth_mm: float = 20.0
+    retroperitoneal_half_width_mm: float = 80.0
+    inguinal_above_femoral_head_mm: float = 15.0
+    inguinal_anterior_mm: float = 20.0
+    inguinal_min_lateral_mm: float = 45.0
+    external_internal_split_mm: float = 15.0
+    obturator_above_femoral_head_mm: float = 20.0
+    promontory_to_s3_mm: float = 60.0
+    promontory_to_common_iliac_bifurcation_mm: float = 14.0
+    common_iliac_bifurcation_lateral_mm: float = 44.0
+    aortic_bifurcation_anterior_mm: float = 20.0
+    perirectal_half_width_mm: float = 35.0
+    perirectal_depth_mm: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("rule", "totalsegmentator", "moose"):
+            raise ConfigError(
+                f"anatomy.provider must be 'rule', 'totalsegmentator' or 'moose', got "
+                f"{self.provider!r}."
+            )
+        if self.provider != "rule" and self.provider_path is None:
+            raise ConfigError(
+                f"anatomy.provider {self.provider!r} needs provider_path (its output NIfTI or "
+                "folder); give it or use provider='rule'."
+            )
+        if self.pelvic_boundary not in ("aortic_bifurcation", "common_iliac_bifurcation"):
+            raise ConfigError(
+                "anatomy.pelvic_boundary must be 'aortic_bifurcation' (PROMISE) or "
+                f"'common_iliac_bifurcation' (AJCC), got {self.pelvic_boundary!r}."
+            )
+        if not 0.5 <= self.working_spacing_mm <= 8.0:
+            raise ConfigError(
+                f"anatomy.working_spacing_mm must be in [0.5, 8] mm, got "
+                f"{self.working_spacing_mm}."
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class LandmarkFinding:
+    """One landmark: where it is (LPS mm) or why it could not be found.
+
+    ``confidence`` is in [0, 1]; 0 with ``position_mm`` None when not found. ``method`` says
+    how it was located (e.g. ``"bone"``, ``"vessels"``, ``"intercristal_plane"``).
+    """
+
+    position_mm: tuple[float, float, float] | None
+    confidence: float
+    reason: str
+    method: str = ""
+
+    @property
+    def found(self) -> bool:
+        """True when a position is known."""
+        return self.position_mm is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "position_mm": None if self.position_mm is None else [round(v, 2) for v in
+                                                                  self.position_mm],
+            "confidence": round(self.confidence, 3),
+            "method": self.method,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MaskInfo:
+    """Who made a mask, how much to trust it, and why (or why it is empty)."""
+
+    provider: str
+    confidence: float
+    reason: str
+    volume_ml: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"provider": self.provider, "confidence": round(self.confidence, 3),
+                "volume_ml": round(self.volume_ml, 2), "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class PointRegion:
+    """What lies at one point: the masks containing it and its nodal region."""
+
+    labels: tuple[AnatomyLabel, ...]
+    nodal_region: NodalRegion | None
+    pelvic: bool | None
+
+    @property
+    def label(self) -> AnatomyLabel | None:
+        """Highest-priority mask at the point (see :data:`LABEL_PRIORITY`), or None."""
+        return self.labels[0] if self.labels else None
+
+
+def _freeze(mapping: Mapping[Any, NDArray[Any]]) -> Mapping[Any, NDArray[Any]]:
+    for arr in mapping.values():
+        arr.setflags(write=False)
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class AnatomyMap:
+    """Anatomy of one study on one grid (normally the PET grid).
+
+    Attributes
+    ----------
+    grid : Volume
+        Geometry of every mask (its array is an all-zero placeholder, unit ``"mask"``).
+    masks : Mapping[AnatomyLabel, ndarray of bool, shape (K, J, I)]
+        Organ and tissue masks; labels that could not be found are absent (see ``mask_info``).
+    nodal_regions : Mapping[NodalRegion, ndarray of bool]
+        Non-overlapping nodal regions covering the soft tissue of the body.
+    landmarks : Mapping[Landmark, LandmarkFinding]
+        Every :class:`Landmark`, found or with the reason it was not.
+    mask_info : Mapping[str, MaskInfo]
+        Keyed by anatomy label / nodal region value: provider, confidence, reason.
+    pelvic_boundary : str
+        ``"aortic_bifurcation"`` or ``"common_iliac_bifurcation"``.
+    pelvic_boundary_z_mm : float or None
+        LPS z of that boundary; None when it could not be located.
+    flags : tuple of str
+        Conditions a reader must know (``"hip_prosthesis_left"``, ``"pelvis_not_in_ct"``, ...).
+    """
+
+    grid: Volume
+    masks: Mapping[AnatomyLabel, NDArray[np.bool_]]
+    nodal_regions: Mapping[NodalRegion, NDArray[np.bool_]]
+    landmarks: Mapping[Landmark, LandmarkFinding]
+    mask_info: Mapping[str, MaskInfo]
+    pelvic_boundary: PelvicBoundary
+    pelvic_boundary_z_mm: float | None
+    provider: str = "rule"
+    flags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        shape = self.grid.shape
+        for name, arr in [*self.masks.items(), *self.nodal_regions.items()]:
+            if arr.shape != shape or arr.dtype != np.bool_:
+                raise AnatomyError(
+                    f"Mask {name} must be bool of the grid shape {shape}, got {arr.dtype} "
+                    f"{arr.shape}."
+                )
+        object.__setattr__(self, "masks", _freeze(self.masks))
+        object.__setattr__(self, "nodal_regions", _freeze(self.nodal_regions))
+        object.__setattr__(self, "landmarks", MappingProxyType(dict(self.landmarks)))
+        object.__setattr__(self, "mask_info", MappingProxyType(dict(self.mask_info)))
+
+    # -- queries -----------------------------------------------------------------------------
+    def mask(self, label: AnatomyLabel) -> NDArray[np.bool_]:
+        """The mask of ``label``; an all-False array when it was not found."""
+        found = self.masks.get(label)
+        return found if found is not None else np.zeros(self.grid.shape, dtype=bool)
+
+    def require(self, label: AnatomyLabel | Landmark) -> None:
+        """Raise :class:`AnatomyError` if a mask or landmark the caller needs is missing."""
+        if isinstance(label, Landmark):
+            finding = self.landmarks[label]
+            if not finding.found:
+                raise AnatomyError(
+                    f"Landmark {label.value} could not be located: {finding.reason}"
+                )
+            return
+        if label not in self.masks:
+            info = self.mask_info.get(label.value)
+            why = info.reason if info else "no provider produced it"
+            raise AnatomyError(f"Anatomy mask {label.value} is missing: {why}")
+
+    def is_pelvic(self, region: NodalRegion) -> bool:
+        """Whether a nodal region is pelvic (miN) under this map's boundary convention."""
+        if region in (NodalRegion.COMMON_ILIAC_LEFT, NodalRegion.COMMON_ILIAC_RIGHT):
+            return self.pelvic_boundary == "aortic_bifurcation"
+        return region in PELVIC_NODAL_REGIONS
+
+    def _index(self, xyz_mm: ArrayLike) -> tuple[int, int, int] | None:
+        idx = np.rint(self.grid.world_to_index(np.asarray(xyz_mm, dtype=float))).astype(int)
+        if np.any(idx < 0) or np.any(idx >= np.asarray(self.grid.shape)):
+            return None
+        return (int(idx[0]), int(idx[1]), int(idx[2]))
+
+    def region_of_point(self, xyz_mm: ArrayLike) -> NodalRegion | None:
+        """Nodal region at an LPS point (nearest grid voxel); None outside every region."""
+        at = self._index(xyz_mm)
+        if at is None:
+            return None
+        return next((r for r, m in self.nodal_regions.items() if m[at]), None)
+
+    def labels_at_point(self, xyz_mm: ArrayLike) -> PointRegion:
+        """Masks (in :data:`LABEL_PRIORITY` order) and nodal region at an LPS point."""
+        at = self._index(xyz_mm)
+        if at is None:
+            return PointRegion(labels=(), nodal_region=None, pelvic=None)
+        labels = tuple(lab for lab in LABEL_PRIORITY if lab in self.masks and self.masks[lab][at])
+        region = next((r for r, m in self.nodal_regions.items() if m[at]), None)
+        return PointRegion(labels=labels, nodal_region=region,
+                           pelvic=None if region is None else self.is_pelvic(region))
+
+    def region_of_mask(self, mask: NDArray[np.bool_]) -> NodalRegion | None:
+        """Nodal region holding most voxels of ``mask`` (same grid), or None if none does."""
+        best, best_n = None, 0
+        for region, m in self.nodal_regions.items():
+            n = int(np.count_nonzero(m & mask))
+            if n > best_n:
+                best, best_n = region, n
+        return best
+
+    def fractions_of_mask(self, mask: NDArray[np.bool_]) -> dict[str, float]:
+        """Fraction of ``mask`` voxels inside each anatomy mask (label value -> fraction)."""
+        n = int(np.count_nonzero(mask))
+        if n == 0:
+            return {}
+        return {lab.value: float(np.count_nonzero(m & mask)) / n for lab, m in self.masks.items()}
+
+    def to_label_volume(self, *, include_nodal_regions: bool = True) -> Volume:
+        """One uint8 label volume (values :data:`ANATOMY_LABEL_VALUES`) on the grid.
+
+        Overlaps are resolved by :data:`LABEL_PRIORITY`; nodal regions fill the body voxels
+        that no organ mask (other than body) claims.
+        """
+        out = np.zeros(self.grid.shape, dtype=np.uint8)
+        if include_nodal_regions:
+            for region, m in self.nodal_regions.items():
+                out[m] = ANATOMY_LABEL_VALUES[region.value]
+        for lab in reversed(LABEL_PRIORITY):
+            m = self.masks.get(lab)
+            if m is None or (lab is AnatomyLabel.BODY and include_nodal_regions):
+                continue
+            out[m] = ANATOMY_LABEL_VALUES[lab.value]
+        if include_nodal_regions and AnatomyLabel.BODY in self.masks:
+            body_only = self.masks[AnatomyLabel.BODY] & (out == 0)
+            out[body_only] = ANATOMY_LABEL_VALUES[AnatomyLabel.BODY.value]
+        return self.grid.with_array(out, unit="label")
+
+    def landmarks_dict(self) -> dict[str, Any]:
+        """JSON-ready landmarks, mask info, flags and boundary."""
+        return {
+            "provider": self.provider,
+            "pelvic_boundary": self.pelvic_boundary,
+            "pelvic_boundary_z_mm": None if self.pelvic_boundary_z_mm is None
+            else round(self.pelvic_boundary_z_mm, 2),
+            "flags": list(self.flags),
+            "landmarks": {lm.value: f.to_dict() for lm, f in self.landmarks.items()},
+            "masks": {name: info.to_dict() for name, info in self.mask_info.items()},
+        }

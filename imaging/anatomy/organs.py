@@ -1,0 +1,171 @@
+"""PET-assisted organ masks on the working grid (domain.md 3.1, 2.4).
+
+Bladder: the largest high-SUV component in the midline pelvis, refined by CT water density.
+Kidneys, salivary glands, liver and spleen: high-uptake components where anatomy puts them,
+refined by CT soft-tissue density. Each comes with a confidence and a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from imaging.anatomy.grid import WorkGrid
+from imaging.anatomy.landmarks import PelvisFrame
+from imaging.anatomy.model import AnatomyConfig
+from imaging.anatomy.tissues import Tissues
+from imaging.vocabulary import AnatomyLabel, Landmark
+
+__all__ = ["OrganResult", "find_organs"]
+
+
+@dataclass(frozen=True, slots=True)
+class OrganResult:
+    """One organ mask (or None) with confidence and reason."""
+
+    mask: NDArray[np.bool_] | None
+    confidence: float
+    reason: str
+
+
+def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[np.uint32], NDArray[np.int64]]:
+    lab = cc3d.connected_components(mask, connectivity=26)
+    return lab, np.bincount(lab.ravel())
+
+
+def _coords(grid: WorkGrid) -> tuple[NDArray[np.float64], ...]:
+    return (grid.z_mm()[:, None, None], grid.y_mm()[None, :, None], grid.x_mm()[None, None, :])
+
+
+def _grow(seed: NDArray[np.bool_], allowed: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Components of ``allowed`` that touch ``seed``."""
+    lab = cc3d.connected_components(allowed, connectivity=6)
+    ids = np.unique(lab[seed & allowed])
+    ids = ids[ids > 0]
+    return np.isin(lab, ids) if ids.size else np.zeros_like(seed)
+
+
+def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissues,
+             grid: WorkGrid, frame: PelvisFrame, config: AnatomyConfig) -> OrganResult:
+    sym = frame.landmarks[Landmark.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
+    fh = [frame.landmarks[lm].position_mm for lm in (Landmark.FEMORAL_HEAD_LEFT,
+                                                       Landmark.FEMORAL_HEAD_RIGHT)]
+    fh_found = [f for f in fh if f is not None]
+    if sym is None and not fh_found:
+        return OrganResult(None, 0.0, "pelvis not located (no symphysis, no femoral heads)")
+    z_ref = sym[2] if sym is not None else float(np.mean([f[2] for f in fh_found]))
+    zz, yy, xx = _coords(grid)
+    region = (np.abs(xx - frame.x_mid_mm) < 70.0) & (zz > z_ref - 30.0) & (
+        zz < z_ref + 130.0) & t.body & ~t.bone
+    if sym is not None:
+        region &= yy > sym[1] - 10.0
+    water = (hu >= config.bladder_hu[0]) & (hu <= config.bladder_hu[1]) & t.body & ~t.bone
+    if pet is not None:
+        hot = (pet >= config.bladder_suv) & region
+        if hot.any():
+            lab, sizes = _components(hot)
+            sizes[0] = 0
+            core = lab == int(np.argmax(sizes))
+            r = max(1, round(config.bladder_search_mm / grid.spacing_mm))
+            near = ndi.binary_dilation(core, iterations=r) & region
+            # CT refinement: water-density voxels around the PET core, smoothed
+            wet = ndi.binary_opening(water & near, iterations=1)
+            grown = _grow(core, wet | core)
+            mask = ndi.binary_closing(grown, iterations=1) & near
+            filled = ndi.binary_fill_holes(mask)
+            if filled.sum() >= 10:
+                return OrganResult(filled, 0.85, f"PET SUV >= {config.bladder_suv:g} in the "
+                                   "midline pelvis, refined by CT water density")
+    # CT only: the water-density blob above the symphysis
+    wet = ndi.binary_opening(water & region, iterations=2)
+    lab, sizes = _components(wet)
+    sizes[0] = 0
+    if sizes.max() * grid.spacing_mm**3 / 1000.0 < 20.0:
+        return OrganResult(None, 0.0, "no PET bladder focus and no water-density blob >= 20 mL "
+                           "above the symphysis")
+    mask = ndi.binary_dilation(lab == int(np.argmax(sizes)), iterations=2) & water
+    return OrganResult(ndi.binary_fill_holes(mask), 0.5, "CT only: largest water-density "
+                       "blob in the midline pelvis (no PET focus)")
+
+
+def _paired_hot(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, x_mid: float, *,
+                suv: float, zlim: tuple[float, float], lateral: tuple[float, float],
+                min_ml: float) -> NDArray[np.bool_]:
+    zz, _yy, xx = _coords(grid)
+    lat = np.abs(xx - x_mid)
+    hot = (pet >= suv) & t.body & ~t.bone & (zz >= zlim[0]) & (zz <= zlim[1]) & (
+        lat >= lateral[0]) & (lat <= lateral[1])
+    lab, sizes = _components(hot)
+    keep = sizes * grid.spacing_mm**3 / 1000.0 >= min_ml
+    keep[0] = False
+    return keep[lab]
+
+
+def find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissues,
+                grid: WorkGrid, frame: PelvisFrame, *,
+                config: AnatomyConfig) -> dict[AnatomyLabel, OrganResult]:
+    """Bladder, kidneys, salivary glands, liver and spleen where CT and PET show them."""
+    out: dict[AnatomyLabel, OrganResult] = {}
+    out[AnatomyLabel.URINARY_BLADDER] = _bladder(hu, pet, t, grid, frame, config)
+    no_pet = "needs PET uptake to be found by rules (no PET given)"
+    if pet is None:
+        for lab in (AnatomyLabel.KIDNEYS, AnatomyLabel.SALIVARY_GLANDS, AnatomyLabel.LIVER,
+                    AnatomyLabel.SPLEEN):
+            out[lab] = OrganResult(None, 0.0, no_pet)
+        return out
+    zs = grid.z_mm()
+    lung_z = np.flatnonzero(t.lungs.any(axis=(1, 2)))
+    dz = frame.diaphragm_z_mm
+    crest = [frame.landmarks[lm].position_mm for lm in (Landmark.ILIAC_CREST_LEFT,
+                                                         Landmark.ILIAC_CREST_RIGHT)]
+    crest_z = [c[2] for c in crest if c is not None]
+    if dz is not None:
+        lo = float(np.mean(crest_z)) if crest_z else dz - 250.0
+        kid = _paired_hot(pet, t, grid, frame.x_mid_mm, suv=config.kidney_suv,
+                          zlim=(lo, dz + 30.0), lateral=(25.0, 140.0), min_ml=15.0)
+        out[AnatomyLabel.KIDNEYS] = (
+            OrganResult(kid, 0.7, f"SUV >= {config.kidney_suv:g} components lateral to the "
+                        "spine between the iliac crests and the diaphragm")
+            if kid.any() else OrganResult(None, 0.0, "no renal uptake found below the "
+                                          "diaphragm"))
+        # liver and spleen: moderate uptake, soft-tissue density, right / left upper abdomen
+        soft = (hu > 20.0) & (hu < 120.0) & t.body & ~t.bone & ~t.lungs
+        zz, _yy, xx = _coords(grid)
+        upper = (zz <= dz + 40.0) & (zz >= dz - 220.0)
+        for label, side, lo_suv in ((AnatomyLabel.LIVER, -1.0, config.organ_suv),
+                                    (AnatomyLabel.SPLEEN, 1.0, config.organ_suv)):
+            cand = soft & upper & (pet >= lo_suv) & (side * (xx - frame.x_mid_mm) > 15.0)
+            if kid.any():
+                cand &= ~ndi.binary_dilation(kid, iterations=2)
+            cand = ndi.binary_opening(cand, iterations=1)
+            lab, sizes = _components(cand)
+            sizes[0] = 0
+            min_ml = 500.0 if label is AnatomyLabel.LIVER else 50.0
+            if sizes.max() * grid.spacing_mm**3 / 1000.0 >= min_ml:
+                out[label] = OrganResult(lab == int(np.argmax(sizes)), 0.6,
+                                         f"largest soft-tissue component with SUV >= "
+                                         f"{lo_suv:g} in the {'right' if side < 0 else 'left'} "
+                                         "upper abdomen")
+            else:
+                out[label] = OrganResult(None, 0.0, "no large soft-tissue component with "
+                                         "tracer uptake in the upper abdomen")
+    else:
+        for lab in (AnatomyLabel.KIDNEYS, AnatomyLabel.LIVER, AnatomyLabel.SPLEEN):
+            out[lab] = OrganResult(None, 0.0, "the lungs (diaphragm level) are not in the CT, "
+                                   "so the upper abdomen cannot be located")
+    if lung_z.size:
+        apex = float(zs[lung_z[-1]])
+        sal = _paired_hot(pet, t, grid, frame.x_mid_mm, suv=config.salivary_suv,
+                          zlim=(apex, apex + 180.0), lateral=(15.0, 90.0), min_ml=2.0)
+        out[AnatomyLabel.SALIVARY_GLANDS] = (
+            OrganResult(sal, 0.6, f"SUV >= {config.salivary_suv:g} components in the neck and "
+                        "face, off the midline")
+            if sal.any() else OrganResult(None, 0.0, "no glandular uptake above the lung apices "
+                                          "(head and neck not in the PET?)"))
+    else:
+        out[AnatomyLabel.SALIVARY_GLANDS] = OrganResult(None, 0.0, "no lungs, so no neck level")
+    return out

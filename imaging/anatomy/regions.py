@@ -1,0 +1,153 @@
+"""Prostate-fossa box (domain.md 3.3) and nodal regions (domain.md 3.4) on the working grid."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from imaging.anatomy.grid import WorkGrid
+from imaging.anatomy.landmarks import PelvisFrame
+from imaging.anatomy.model import AnatomyConfig
+from imaging.anatomy.tissues import Tissues
+from imaging.vocabulary import Landmark, NodalRegion
+
+__all__ = ["REGION_ORDER", "fossa_box", "nodal_regions"]
+
+REGION_ORDER: tuple[NodalRegion, ...] = tuple(NodalRegion)
+"""Index + 1 of each region in the working-grid region volume."""
+
+LM = Landmark
+R = NodalRegion
+
+
+def _per_slice(values: NDArray[np.float64] | None, n: int) -> NDArray[np.float64]:
+    """Fill NaN gaps of a per-slice profile with the nearest finite value."""
+    if values is None:
+        return np.full(n, np.nan)
+    ok = np.flatnonzero(np.isfinite(values))
+    if ok.size == 0:
+        return values.copy()
+    idx = np.arange(values.size)
+    nearest = ok[np.clip(np.searchsorted(ok, idx), 0, ok.size - 1)]
+    prev = ok[np.clip(np.searchsorted(ok, idx) - 1, 0, ok.size - 1)]
+    pick = np.where(np.abs(prev - idx) < np.abs(nearest - idx), prev, nearest)
+    return values[pick]
+
+
+def fossa_box(t: Tissues, grid: WorkGrid, frame: PelvisFrame,
+              bladder: NDArray[np.bool_] | None, *,
+              config: AnatomyConfig) -> tuple[NDArray[np.bool_] | None, str]:
+    """The RTOG-based prostate-fossa region, or None with the reason."""
+    sup = frame.landmarks[LM.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
+    inf = frame.landmarks[LM.PUBIC_SYMPHYSIS_INFERIOR].position_mm
+    if sup is None or inf is None:
+        return None, "pubic symphysis not located: " + (
+            frame.landmarks[LM.PUBIC_SYMPHYSIS_SUPERIOR].reason)
+    zz = grid.z_mm()[:, None, None]
+    yy = grid.y_mm()[None, :, None]
+    xx = grid.x_mm()[None, None, :]
+    half = frame.obturator_half_width_mm
+    half_w = 30.0 if half is None else float(np.clip(half - config.fossa_obturator_internus_mm,
+                                                     15.0, 45.0))
+    y_ant = frame.symphysis_back_y_mm if frame.symphysis_back_y_mm is not None else sup[1]
+    back = _per_slice(frame.sacrum_front_y_mm, grid.shape[0])
+    k_lo = np.searchsorted(grid.z_mm(), inf[2] - config.fossa_below_symphysis_mm)
+    finite = np.isfinite(back)
+    if not finite.any():
+        return None, "no sacrum / coccyx found to bound the fossa posteriorly"
+    y_post = (back - config.fossa_rectum_allowance_mm)[:, None, None]
+    box = ((zz >= inf[2] - config.fossa_below_symphysis_mm)
+           & (zz <= sup[2] + config.fossa_above_symphysis_mm)
+           & (yy >= y_ant) & (yy <= y_post) & (np.abs(xx - frame.x_mid_mm) <= half_w))
+    del k_lo
+    box &= t.body & ~t.bone
+    reason = (f"RTOG box: z from {inf[2] - config.fossa_below_symphysis_mm:.0f} to "
+              f"{sup[2] + config.fossa_above_symphysis_mm:.0f} mm, half-width {half_w:.0f} mm")
+    if bladder is not None and bladder.any():
+        r = max(1, round(config.fossa_bladder_wall_mm / grid.spacing_mm))
+        lumen = ndi.binary_erosion(bladder, iterations=r)
+        box &= ~lumen
+        reason += f", bladder lumen removed (wall band {config.fossa_bladder_wall_mm:g} mm kept)"
+    return box, reason
+
+
+def nodal_regions(t: Tissues, grid: WorkGrid, frame: PelvisFrame, *,
+                  config: AnatomyConfig) -> tuple[NDArray[np.uint8], dict[NodalRegion, str]]:
+    """Exclusive nodal-region index volume (0 = none, else REGION_ORDER index + 1)."""
+    reasons: dict[NodalRegion, str] = {}
+    code = {r: i + 1 for i, r in enumerate(REGION_ORDER)}
+    soft = t.body & ~t.bone & ~t.lungs
+    out = np.where(soft, code[R.OTHER_EXTRAPELVIC], 0).astype(np.uint8)
+    reasons[R.OTHER_EXTRAPELVIC] = "soft tissue outside every other region"
+    zs, ys, xs = grid.z_mm(), grid.y_mm(), grid.x_mm()
+    zz, yy, xx = zs[:, None, None], ys[None, :, None], xs[None, None, :]
+    dx = xx - frame.x_mid_mm
+    left = dx >= 0
+    spine = _per_slice(frame.spine_front_y_mm, zs.size)[:, None, None]
+
+    def put(region: NodalRegion, where: NDArray[np.bool_], reason: str) -> None:
+        out[where & soft] = code[region]
+        reasons[region] = reason
+
+    dz = frame.diaphragm_z_mm
+    if dz is not None:
+        put(R.SUPRADIAPHRAGMATIC, np.broadcast_to(zz > dz, out.shape),
+            f"above the diaphragm (z > {dz:.0f} mm)")
+    z_ab = frame.z(LM.AORTIC_BIFURCATION)
+    cib = [frame.z(lm) for lm in (LM.COMMON_ILIAC_BIFURCATION_LEFT,
+                                 LM.COMMON_ILIAC_BIFURCATION_RIGHT)]
+    cib_found = [c for c in cib if c is not None]
+    z_cib = float(np.mean(cib_found)) if cib_found else None
+    if z_ab is not None and np.isfinite(spine).any():
+        upper = dz if dz is not None else np.inf
+        retro = (zz > z_ab) & (zz <= upper) & (np.abs(dx) <= config.retroperitoneal_half_width_mm
+                                               ) & (yy >= spine - 60.0) & (yy <= spine + 30.0)
+        put(R.RETROPERITONEAL, retro, "para-aortic / paracaval: above the aortic bifurcation, "
+            "in front of and beside the spine, below the diaphragm")
+    heads = [frame.landmarks[lm].position_mm for lm in (LM.FEMORAL_HEAD_LEFT,
+                                                         LM.FEMORAL_HEAD_RIGHT)]
+    heads_found = [h for h in heads if h is not None]
+    if z_ab is None or z_cib is None or not heads_found:
+        why = "pelvic landmarks missing (aortic / common-iliac bifurcation or femoral heads)"
+        for r in R:
+            reasons.setdefault(r, why)
+        return out, reasons
+    fh = np.mean(np.array(heads_found), axis=0)
+    sym_inf = frame.z(LM.PUBIC_SYMPHYSIS_INFERIOR) or fh[2] - 55.0
+    prom = frame.landmarks[LM.SACRAL_PROMONTORY].position_mm
+    prom_z = prom[2] if prom is not None else z_cib + 14.0
+    pelvis_floor = sym_inf - 20.0
+    lateral_limit = 150.0
+    # common iliac: between the two bifurcations
+    ci = (zz <= z_ab) & (zz > z_cib) & (np.abs(dx) <= lateral_limit) & (yy >= spine - 90.0)
+    put(R.COMMON_ILIAC_LEFT, ci & left, "between the aortic and common-iliac bifurcations, left")
+    put(R.COMMON_ILIAC_RIGHT, ci & ~left, "between the aortic and common-iliac bifurcations, "
+        "right")
+    # true pelvis below the common-iliac bifurcation
+    pelvis = (zz <= z_cib) & (zz >= pelvis_floor) & (np.abs(dx) <= lateral_limit)
+    y_split = fh[1] - config.external_internal_split_mm
+    z_obt_top = fh[2] + config.obturator_above_femoral_head_mm
+    ext = pelvis & (yy < y_split) & (zz > z_obt_top)
+    intl = pelvis & (yy >= y_split) & (zz > z_obt_top)
+    obt = pelvis & (zz <= z_obt_top)
+    put(R.EXTERNAL_ILIAC_LEFT, ext & left, "below the common-iliac bifurcation, anterolateral")
+    put(R.EXTERNAL_ILIAC_RIGHT, ext & ~left, "below the common-iliac bifurcation, anterolateral")
+    put(R.INTERNAL_ILIAC_LEFT, intl & left, "below the common-iliac bifurcation, posterolateral")
+    put(R.INTERNAL_ILIAC_RIGHT, intl & ~left, "below the common-iliac bifurcation, "
+        "posterolateral")
+    put(R.OBTURATOR_LEFT, obt & left, "acetabular level, pelvic side wall")
+    put(R.OBTURATOR_RIGHT, obt & ~left, "acetabular level, pelvic side wall")
+    back = _per_slice(frame.sacrum_front_y_mm, zs.size)[:, None, None]
+    s3 = prom_z - config.promontory_to_s3_mm
+    pre = (zz <= prom_z) & (zz >= s3) & (np.abs(dx) <= config.presacral_half_width_mm) & (
+        yy >= back - config.presacral_depth_mm) & (yy <= back + 5.0)
+    put(R.PRESACRAL, pre, "within 20 mm of the midline, in front of S1-S3")
+    peri = (zz < s3) & (zz >= pelvis_floor) & (np.abs(dx) <= config.perirectal_half_width_mm) & (
+        yy >= back - config.perirectal_depth_mm) & (yy <= back + 5.0)
+    put(R.PERIRECTAL, peri, "mesorectum: midline, in front of the sacrum / coccyx below S3")
+    ing = (zz <= fh[2] + config.inguinal_above_femoral_head_mm) & (
+        yy < fh[1] - config.inguinal_anterior_mm) & (np.abs(dx) >= config.inguinal_min_lateral_mm)
+    put(R.INGUINAL_LEFT, ing & left, "groin: below the inguinal ligament level, anterior")
+    put(R.INGUINAL_RIGHT, ing & ~left, "groin: below the inguinal ligament level, anterior")
+    return out, reasons

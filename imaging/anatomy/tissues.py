@@ -1,0 +1,203 @@
+"""Rule-based tissue masks on the working grid (domain.md 3.1): body, lungs, bone, metal.
+
+Arrays are ``[z, y, x]`` on a :class:`~imaging.anatomy.grid.WorkGrid` (z superior, y posterior,
+x left). Morphology uses separable box filters and connected components (cc3d), never per-slice
+Python loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage as ndi
+
+from imaging.anatomy.model import AnatomyConfig
+
+__all__ = ["Tissues", "fill_holes_per_slice", "segment_tissues"]
+
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[1] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Tissues:
+    """Working-grid masks and what was noted while making them."""
+
+    body: NDArray[np.bool_]
+    lungs: NDArray[np.bool_]
+    bone: NDArray[np.bool_]
+    metal: NDArray[np.bool_]
+    notes: dict[str, str]
+
+
+def _erode(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+    return ndi.minimum_filter(mask.view(np.uint8), size=size, mode="constant",
+                              cval=1).astype(bool)
+
+
+def _dilate(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
+    return ndi.maximum_filter(mask.view(np.uint8), size=size, mode="constant",
+                              cval=0).astype(bool)
+
+
+def fill_holes_per_slice(mask: NDArray[np.bool_]) -> tuple[NDArray[np.bool_], NDArray[np.int32]]:
+    """Fill the in-plane holes of every z slice at once.
+
+    Returns the filled mask and the hole labels (0 outside holes; each 2-D hole its own label).
+    """
+    background, _ = ndi.label(~mask, structure=_INPLANE)
+    border = np.unique(np.concatenate([
+        background[:, 0, :].ravel(), background[:, -1, :].ravel(),
+        background[:, :, 0].ravel(), background[:, :, -1].ravel()]))
+    outside = np.isin(background, border)
+    holes = ~mask & ~outside
+    background[~holes] = 0
+    return mask | holes, background
+
+
+def _odd(n: float) -> int:
+    return max(1, 2 * round(n) + 1)
+
+
+def _partial_lungs(labels: NDArray[np.uint32], sizes: NDArray[np.int64], voxel_ml: float,
+                   body: NDArray[np.bool_]) -> list[int]:
+    zs = np.flatnonzero(body.any(axis=(1, 2)))
+    if zs.size == 0:
+        return []
+    top = zs[-1]
+    cand = np.flatnonzero(sizes * voxel_ml >= 20.0)
+    cand = cand[cand > 0]
+    if cand.size == 0:
+        return []
+    nz = labels.shape[0]
+    # per-slice area of each candidate, shape (n_cand, Z)
+    sel = np.isin(labels, cand)
+    zidx = np.broadcast_to(np.arange(nz)[:, None, None], labels.shape)[sel]
+    remap = np.zeros(int(labels.max()) + 1, dtype=np.int64)
+    remap[cand] = np.arange(cand.size)
+    area = np.zeros((cand.size, nz))
+    np.add.at(area, (remap[labels[sel]], zidx), 1.0)
+    chosen = []
+    for row, lab in zip(area, cand, strict=True):
+        ks = np.flatnonzero(row)
+        mid = (ks[0] + ks[-1]) / 2.0
+        upper, lower = row[ks[ks > mid]].sum(), row[ks[ks <= mid]].sum()
+        if ks[-1] >= top - 2 and upper >= 2.0 * max(lower, 1.0):
+            chosen.append(int(lab))
+    return chosen
+
+
+def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
+                    config: AnatomyConfig) -> Tissues:
+    """Body, lungs, bone and metal from a working-grid CT (HU).
+
+    Parameters
+    ----------
+    hu : ndarray, shape (Z, Y, X)
+        CT in HU on the working grid (air fill -1024 outside the scan).
+    spacing_mm : float
+        Isotropic working spacing.
+    config : AnatomyConfig
+        Thresholds (see its fields).
+    """
+    notes: dict[str, str] = {}
+    voxel_ml = spacing_mm**3 / 1000.0
+    # -- body: threshold, opening to detach the couch, components, reconstruction, fill -----
+    raw = hu > config.body_hu
+    w = _odd(config.body_opening_mm / spacing_mm / 2)
+    opened = _dilate(_erode(raw, (1, w, w)), (1, w, w))
+    labels, n = cc3d.connected_components(opened, connectivity=6, return_N=True)
+    if n == 0:
+        empty = np.zeros(hu.shape, dtype=bool)
+        return Tissues(empty, empty, empty, empty, {"body": "no voxel above "
+                                                    f"{config.body_hu} HU: not a CT of a body"})
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[largest] = True
+    candidates = np.flatnonzero(sizes * voxel_ml >= config.body_min_ml)
+    if candidates.size > 1:
+        # reject couch-like pieces: lying below (posterior to) the patient's back
+        yy = np.arange(hu.shape[1], dtype=np.float64)
+        per_y = sizes[candidates].astype(np.float64)
+        ysum = np.bincount(labels.ravel(), weights=np.broadcast_to(
+            yy[None, :, None], hu.shape).ravel())[candidates]
+        mean_y = ysum / np.maximum(per_y, 1)
+        main_y = np.flatnonzero((labels == largest).any(axis=(0, 2)))
+        back_y = np.percentile(main_y, 90) if main_y.size else hu.shape[1]
+        for lab, my in zip(candidates, mean_y, strict=True):
+            if lab != largest and my < back_y:
+                keep[lab] = True
+            elif lab != largest:
+                notes["couch"] = "a couch-like component behind the patient was removed"
+    body = keep[labels]
+    body = _dilate(body, (1, w, w)) & raw
+    body, _ = fill_holes_per_slice(body)
+    # -- metal ---------------------------------------------------------------------------------
+    metal = (hu >= config.metal_hu) & body
+    if metal.any():
+        mlab, mn = cc3d.connected_components(metal, connectivity=26, return_N=True)
+        msz = np.bincount(mlab.ravel())
+        msz[0] = 0
+        metal = (msz * voxel_ml >= config.metal_min_ml)[mlab]
+    # -- bone: threshold, closing, marrow fill, size and peak checks, metal removed -----------
+    bone = (hu >= config.bone_hu) & body & ~metal
+    c = _odd(config.bone_closing_mm / spacing_mm)
+    bone = _erode(_dilate(bone, (c, c, c)), (c, c, c))
+    filled, holes = fill_holes_per_slice(bone)
+    if holes.max() > 0:
+        area = np.bincount(holes.ravel())
+        hsum = np.bincount(holes.ravel(), weights=hu.ravel().astype(np.float64))
+        mean = hsum / np.maximum(area, 1)
+        ok = (area * spacing_mm**2 / 100.0 <= config.marrow_fill_max_cm2) & (
+            mean >= config.marrow_min_hu)
+        ok[0] = False
+        bone = bone | ok[holes]
+    blab, bn = cc3d.connected_components(bone, connectivity=26, return_N=True)
+    if bn:
+        bsz = np.bincount(blab.ravel())
+        peak = ndi.maximum(hu, blab, np.arange(bn + 1))
+        # pieces cut by the first or last slice of the scan are judged as if whole
+        cut = np.zeros(bn + 1, dtype=bool)
+        cut[np.unique(blab[[0, -1]])] = True
+        good = ((bsz * voxel_ml >= config.bone_min_ml) | cut) & (
+            np.asarray(peak) >= config.bone_min_peak_hu)
+        good[0] = False
+        if np.any(~good[1:] & (np.asarray(peak)[1:] < config.bone_min_peak_hu)
+                  & (bsz[1:] * voxel_ml >= config.bone_min_ml)):
+            notes["bone"] = ("dense components without a bone peak (contrast) were left out "
+                             "of bone")
+        bone = good[blab]
+    if metal.any():
+        bone &= ~_dilate(metal, (3, 3, 3))
+    # -- lungs: air inside the body, large components, trachea cut -----------------------------
+    air = (hu < config.lung_hu) & body
+    alab, an = cc3d.connected_components(air, connectivity=6, return_N=True)
+    lungs = np.zeros(hu.shape, dtype=bool)
+    if an:
+        asz = np.bincount(alab.ravel())
+        asz[0] = 0
+        order = np.argsort(asz)[::-1]
+        chosen = [int(lab) for lab in order[:2] if asz[lab] * voxel_ml >= config.lung_min_ml]
+        if not chosen:
+            # a CT covering only part of the lungs (a slab): the lung bases are the air
+            # components that reach the top of the scan and widen cranially
+            chosen = _partial_lungs(alab, asz, voxel_ml, body)
+        if chosen:
+            lungs = np.isin(alab, chosen)
+            area = lungs.sum(axis=(1, 2)) * spacing_mm**2 / 100.0
+            zs = np.flatnonzero(area > 0)
+            top = zs[-1]
+            # trachea: the narrow run of slices above the apices
+            narrow = area < config.trachea_max_area_cm2
+            wide = np.flatnonzero(~narrow[: top + 1])
+            if wide.size and wide[-1] < top and wide[-1] > zs[0]:
+                lungs[wide[-1] + 1:] = False
+        else:
+            notes["lungs"] = (f"no air component inside the body reaches {min_ml:.0f} mL: "
+                              "the CT does not cover the lungs")
+    return Tissues(body=body, lungs=lungs, bone=bone, metal=metal, notes=notes)
