@@ -42,10 +42,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-from imaging.anatomy.model import AnatomyConfig
+from imaging.anatomy import AnatomyConfig
 from imaging.errors import ConfigError
-from imaging.lesions.config import PRESETS as LESION_PRESETS
-from imaging.lesions.config import LesionConfig
+from imaging.lesions import PRESETS as LESION_PRESETS
+from imaging.lesions import LesionConfig
 from imaging.suv import SUV_TYPES, SuvOverrides, SuvType
 from staging.models import StagingConfig
 
