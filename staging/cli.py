@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 _COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module; keep in the order they appear in --help
     "staging.commands.inspect",
+    "staging.commands.stage",
     "staging.commands.run",
     "staging.commands.bench",
+    "staging.commands.cohort",
 )
 
 
