@@ -29,7 +29,7 @@ table.lesions th{background:#f4f4f4}table.lesions td.t{text-align:left}
 .swatch{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:6px}
 .review{background:#fff4e0;border-left:4px solid #e69f00;padding:8px 12px;margin:12px 0}
 .ok{background:#eef7ee;border-left:4px solid #009e73;padding:8px 12px;margin:12px 0}
-.small{font-size:12px;color:#666}img.mip{max-width:100%;border:1px solid #ddd}
+.small{font-size:12px;color:#666}img.mip{width:520px;max-width:100%;border:1px solid #ddd}
 """
 
 
