@@ -29,8 +29,13 @@ install-test: $(VENV)/.installed-test
 system-deps:
 	@bash tools/system-deps.sh
 
+# The main job, end to end, on a synthetic cohort generated here (no data download):
+# 12 patients of mixed stage as DICOM -> staged in parallel into SQLite -> summary.
 demo: install
-	$(BIN)/python -m staging.demo --out $(DEMO_DIR)
+	rm -rf $(DEMO_DIR)
+	$(BIN)/psma-stage phantom -o $(DEMO_DIR)/cohort --patients 12 --seed 2026 --size small --format dicom
+	$(BIN)/psma-stage run $(DEMO_DIR)/cohort -o $(DEMO_DIR)/results --jobs 2
+	@echo "Reports: $(DEMO_DIR)/results/<patient>/<study>/report.html; database: $(DEMO_DIR)/results/results.db"
 
 test: install-test system-deps
 	$(BIN)/python -m pytest -q
