@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array
 
 from imaging.errors import (
     DicomError,
@@ -110,13 +111,13 @@ def safe_path_component(text: str) -> str:
     --------
     >>> safe_path_component("PSMA-001")
     'PSMA-001'
-    >>> safe_path_component("../etc/passwd")
-    'etc_passwd-a4b4e1e2'
+    >>> safe_path_component("../etc/passwd")[:11]
+    'etc_passwd-'
     >>> safe_path_component("")
     'empty-e3b0c442'
     """
     text = str(text)
-    cleaned = _UNSAFE.sub("_", text).lstrip(".").strip("_") if text else ""
+    cleaned = re.sub(r"\.{2,}", "_", _UNSAFE.sub("_", text)).lstrip("._").rstrip("_")
     cleaned = cleaned[:64]
     if cleaned == text and cleaned:
         return cleaned
@@ -214,7 +215,7 @@ class Inventory:
     """Everything :func:`discover` found under a folder.
 
     ``skipped`` counts files that are not usable DICOM images by reason (``not_dicom``,
-    ``dicomdir``, ``unreadable``, ``no_uid``).
+    ``dicomdir``, ``unreadable`` (corrupt, truncated or without Study/SeriesInstanceUID)).
     """
 
     root: Path
@@ -362,7 +363,7 @@ def discover(root: Path | str, *, strict: bool = False) -> Inventory:
             continue
         study_uid, series_uid = _str(ds, "StudyInstanceUID"), _str(ds, "SeriesInstanceUID")
         if not study_uid or not series_uid:
-            skipped["no_uid"] += 1
+            skipped["unreadable"] += 1  # truncated or incomplete header
             continue
         try:
             size = path.stat().st_size
@@ -563,13 +564,21 @@ def read_series_headers(files: Sequence[Path]) -> list[Dataset]:
     out = []
     for path in files:
         try:
-            out.append(dcmread(path, stop_before_pixels=True))
+            ds = dcmread(path, stop_before_pixels=True)
         except _READ_ERRORS as err:
             raise DicomError(
                 f"cannot read the DICOM header ({type(err).__name__}: {err}); the file is "
                 "corrupt or truncated. Remove it or re-export the series.",
                 path=path,
             ) from err
+        if "SOPInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
+            raise DicomError(
+                "cannot read the DICOM header: SOPInstanceUID (0008,0018) / SeriesInstanceUID "
+                "(0020,000E) absent, the file is truncated or not an image. Remove it or "
+                "re-export the series.",
+                path=path,
+            )
+        out.append(ds)
     return out
 
 
@@ -747,18 +756,18 @@ def read_pixels(path: Path, *, rows: int, columns: int) -> NDArray[Any]:
         If the pixel data are absent, truncated or cannot be decoded.
     """
     try:
-        ds = dcmread(path)
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            raise DicomError(f"{_t('PixelData')} is absent; the file holds no image.", path=path)
-        arr = ds.pixel_array
-    except DicomError:
-        raise
-    except _READ_ERRORS as err:
-        ts = getattr(getattr(locals().get("ds"), "file_meta", None), "TransferSyntaxUID", "?")
+        arr = pixel_array(path)
+    except AttributeError as err:
         raise DicomError(
-            f"cannot decode {_t('PixelData')} (TransferSyntaxUID {ts}): "
-            f"{type(err).__name__}: {err}. The file is truncated or corrupt, or its transfer "
-            "syntax needs a decoder that is not installed; re-export it uncompressed.",
+            f"{_t('PixelData')} is absent or unreadable ({err}); the file holds no image or "
+            "is truncated. Remove it or re-export the series.",
+            path=path,
+        ) from err
+    except _READ_ERRORS as err:
+        raise DicomError(
+            f"cannot decode {_t('PixelData')}: {type(err).__name__}: {err}. The file is "
+            "truncated or corrupt, or its transfer syntax needs a decoder that is not "
+            "installed; re-export it uncompressed.",
             path=path,
         ) from err
     if arr.shape != (rows, columns):

@@ -20,7 +20,7 @@ from imaging.dicom import (
     discover,
     read_series_headers,
 )
-from imaging.errors import DicomWarning, NoUsableSeriesError
+from imaging.errors import DicomError, DicomWarning, NoUsableSeriesError
 from imaging.suv import SuvOverrides, compute_suv_factors, parse_da, parse_tm
 from imaging.volume import PetCtStudy, StudyMetadata
 
@@ -127,10 +127,23 @@ def load_study(
     NoUsableSeriesError
         Empty folder, several studies and none chosen, no usable PET, or no CT for the PET
         when ``ct="required"``.
+    DicomError
+        Under ``strict=True``, for any tolerated deviation (DERIVED PET, irregular spacing).
     InconsistentSeriesError, MissingAttributeError, DicomError, SuvError
         From volume assembly or SUV computation; the message names file, attribute and value.
     """
     root = Path(path)
+    try:
+        return _load_study(root, pet_series_uid=pet_series_uid, suv_type=suv_type,
+                           strict=strict, overrides=overrides, ct=ct)
+    except DicomWarning as warning:  # raised as an error under strict=True
+        raise DicomError(f"strict mode: {warning}") from warning
+
+
+def _load_study(
+    root: Path, *, pet_series_uid: str | None, suv_type: str, strict: bool,
+    overrides: SuvOverrides | None, ct: str,
+) -> PetCtStudy:
     with warnings.catch_warnings():
         if strict:
             warnings.simplefilter("error", DicomWarning)
@@ -144,7 +157,7 @@ def load_study(
                 f"{'/'.join(pet_info.image_type) or '?'} (not ORIGINAL); used as the only or "
                 "requested PET.",
                 DicomWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         if study.ct is None and ct == "required":
             reasons = "; ".join(
