@@ -335,6 +335,9 @@ def open_database(target: str | Path, *, create: bool = True) -> Engine:
             )
         if version < SCHEMA_VERSION:
             migrate(engine)
+    except DatabaseError:
+        engine.dispose()
+        raise
     except OperationalError as err:
         engine.dispose()
         raise DatabaseError(
