@@ -50,6 +50,7 @@ __all__ = [
     "BenchmarkResult",
     "CaseOutcome",
     "InputCase",
+    "MethodOutput",
     "MethodSpec",
     "PairReport",
     "ReferenceCase",
@@ -65,6 +66,8 @@ __all__ = [
     "run_benchmark",
     "score_folders",
     "score_pair",
+    "shared_runner",
+    "stage_study_runner",
     "summarize",
     "write_report",
 ]
@@ -536,11 +539,17 @@ def discover_input(root: Path | str, *, prefer: Literal["auto", "dicom", "nifti"
 # -- running pipeline methods ----------------------------------------------------------------
 @dataclass(frozen=True, slots=True, eq=False)
 class MethodOutput:
-    """What a pipeline method produced for one case."""
+    """What a pipeline method produced for one case.
+
+    ``seconds`` is the method's own wall time (lesion finding and staging rules);
+    ``shared_seconds`` the loading, SUV and anatomy time of the case, which every method with
+    the same ``suv``/``anatomy`` settings needs (run once by :func:`shared_runner`).
+    """
 
     labels: Volume
     staging: Mapping[str, Any] | None
     seconds: float
+    shared_seconds: float = 0.0
 
 
 PipelineRunner = Callable[[InputCase, Sequence[tuple[str, Any]]], Mapping[str, MethodOutput]]
@@ -554,54 +563,54 @@ def _resolve_config(spec: MethodSpec) -> Any:
     return load_config(spec.config_path, **dict(spec.overrides))
 
 
-def _study_of(case: InputCase, suv_settings: Any) -> Any:
+def _source_of(case: InputCase) -> Any:
+    from staging.models import StudySource
+
     if case.kind == "nifti":
-        from imaging.nifti import load_nifti_study
-
-        return load_nifti_study(case.pet_nifti, case.ct_nifti,  # type: ignore[arg-type]
-                                patient_id=case.case_id)
-    from imaging.loading import load_study
-
-    kwargs: dict[str, Any] = {}
-    suv_type = getattr(suv_settings, "suv_type", None)
-    if suv_type is not None:
-        kwargs["suv_type"] = suv_type
-    return load_study(case.dicom_dir, **kwargs)  # type: ignore[arg-type]
+        return StudySource.from_nifti(case.pet_nifti, case.ct_nifti,  # type: ignore[arg-type]
+                                      patient_id=case.case_id)
+    return StudySource.from_dicom(case.dicom_dir)  # type: ignore[arg-type]
 
 
-def compose_pipeline(case: InputCase, methods: Sequence[tuple[str, Any]]
-                     ) -> dict[str, MethodOutput]:
-    """Run the pipeline's stages for several methods of one case, sharing load and anatomy.
+def _shared_key(config: Any) -> str:
+    data = config.to_dict()
+    return json.dumps([data["suv"], data["anatomy"]], sort_keys=True, default=str)
 
-    Loading, SUV and anatomy run once per distinct ``suv``/``anatomy`` configuration; then each
-    method's lesion finder and staging rules run. A method's time is its lesion finding and
-    staging plus its share of the load and anatomy it needed.
+
+def shared_runner(case: InputCase, methods: Sequence[tuple[str, Any]]
+                  ) -> dict[str, MethodOutput]:
+    """Run several pipeline methods on one case, loading it and labelling anatomy once.
+
+    The stages are the pipeline's own (:func:`staging.pipeline.load_source`,
+    :func:`imaging.anatomy.label_anatomy` on the PET grid, :func:`imaging.lesions.find_lesions`,
+    :func:`staging.classify.classify_lesions`, :func:`staging.classify.stage_patient`), run
+    once per distinct ``suv``/``anatomy`` configuration; only the lesion finder and the staging
+    rules run per method. No per-case output files are written.
 
     Raises
     ------
     PipelineError
         Whatever a stage raises for this case.
     """
-    from imaging.anatomy import label_anatomy  # type: ignore[attr-defined,unused-ignore]
+    from imaging.anatomy import label_anatomy
     from imaging.lesions import find_lesions
     from staging.classify import classify_lesions, stage_patient
+    from staging.pipeline import load_source
 
-    shared: dict[str, tuple[Any, Any, float, int]] = {}
-    users: dict[str, int] = {}
-    for _, config in methods:
-        key = json.dumps([config.to_dict()["suv"], config.to_dict()["anatomy"]], sort_keys=True)
-        users[key] = users.get(key, 0) + 1
+    shared: dict[str, tuple[Any, Any, float]] = {}
     out: dict[str, MethodOutput] = {}
+    source = _source_of(case)
     for name, config in methods:
-        key = json.dumps([config.to_dict()["suv"], config.to_dict()["anatomy"]], sort_keys=True)
+        key = _shared_key(config)
         if key not in shared:
             t0 = time.perf_counter()
-            study = _study_of(case, config.suv)
+            study = load_source(source, config=config)
             if study.ct is None:
-                raise PipelineError(f"case {case.case_id}: no CT, the anatomy needs one.")
-            anatomy = label_anatomy(study.ct, pet=study.pet, config=config.anatomy)
-            shared[key] = (study, anatomy, time.perf_counter() - t0, users[key])
-        study, anatomy, shared_s, n_users = shared[key]
+                raise PipelineError(f"case {case.case_id}: no CT; the anatomy needs one.")
+            anatomy = label_anatomy(study.ct, pet=study.pet, reference=study.pet,
+                                    config=config.anatomy)
+            shared[key] = (study, anatomy, time.perf_counter() - t0)
+        study, anatomy, shared_s = shared[key]
         t0 = time.perf_counter()
         result = find_lesions(study.pet, anatomy=anatomy.masks, config=config.lesion,
                               anatomy_grid=anatomy.grid)
@@ -609,11 +618,36 @@ def compose_pipeline(case: InputCase, methods: Sequence[tuple[str, Any]]
                                       anatomy=anatomy, config=config.staging)
         staging = stage_patient(classified, patient_id=case.case_id, config=config.staging,
                                 config_hash=config.hash())
-        own_s = time.perf_counter() - t0
-        record = staging.summary()
-        out[name] = MethodOutput(labels=result.labels, staging=record,
-                                 seconds=own_s + shared_s / n_users)
+        out[name] = MethodOutput(labels=result.labels, staging=staging.summary(),
+                                 seconds=time.perf_counter() - t0, shared_seconds=shared_s)
     return out
+
+
+def stage_study_runner(work_dir: Path) -> PipelineRunner:
+    """A runner calling :func:`staging.pipeline.stage_study` once per method and case.
+
+    Each run's full output (``staging.json``, ``lesions.nii.gz``, report, ...) is kept in
+    ``work_dir/<method>/<case>/``. Slower than :func:`shared_runner` (anatomy is labelled again
+    for every method) but exactly what ``psma-stage stage`` produces.
+    """
+
+    def run(case: InputCase, methods: Sequence[tuple[str, Any]]) -> dict[str, MethodOutput]:
+        from staging.pipeline import stage_study
+
+        out: dict[str, MethodOutput] = {}
+        for name, config in methods:
+            result = stage_study(_source_of(case), work_dir / name / case.case_id, config=config)
+            t = result.timings_s
+            out[name] = MethodOutput(
+                labels=read_mask(result.outputs["lesions.nii.gz"]),
+                staging=dict(result.record),
+                seconds=float(t.get("lesions", 0.0) + t.get("staging", 0.0)),
+                shared_seconds=float(t.get("load", 0.0) + t.get("suv", 0.0)
+                                     + t.get("anatomy", 0.0)),
+            )
+        return out
+
+    return run
 
 
 # -- the benchmark ---------------------------------------------------------------------------
@@ -668,11 +702,14 @@ class BenchmarkResult:
 
 def _score_outcome(method: str, case_id: str, predicted: Volume | None, ref: ReferenceCase | None,
                    *, options: ScoringOptions, seconds: float | None,
-                   prediction_instances: Instances, staging: Mapping[str, Any] | None
-                   ) -> CaseOutcome:
+                   prediction_instances: Instances, staging: Mapping[str, Any] | None,
+                   shared_seconds: float | None = None) -> CaseOutcome:
     extra: dict[str, Any] = {}
+    if shared_seconds is not None:
+        extra["shared_seconds"] = shared_seconds
     if staging is not None:
-        extra = {"group": staging.get("group"), "emmett_group": staging.get("emmett_group")}
+        extra.update({"group": staging.get("group"), "emmett_group": staging.get("emmett_group"),
+                      "lesion_count": staging.get("lesion_count")})
     if ref is None or ref.mask_path is None:
         return CaseOutcome(method, case_id, "no_reference_mask", seconds, extra)
     if predicted is None:
@@ -702,7 +739,8 @@ def run_benchmark(
     options : ScoringOptions
         Scoring settings.
     runner : callable, optional
-        Runs the pipeline methods of one case (default :func:`compose_pipeline`).
+        Runs the pipeline methods of one case (default :func:`shared_runner`; see also
+        :func:`stage_study_runner`).
     n_bootstrap, seed : int
         Bootstrap of the summary intervals and kappa intervals.
     progress : callable, optional
@@ -728,7 +766,7 @@ def run_benchmark(
     if pipeline and not cases:
         raise ConfigError("pipeline methods (--method) need an INPUT cohort to run on.")
     configs = [(m.name, _resolve_config(m)) for m in pipeline]
-    runner = runner or compose_pipeline
+    runner = runner or shared_runner
     outcomes: list[CaseOutcome] = []
     missing: dict[str, dict[str, tuple[str, ...]]] = {}
     staging_rows: dict[str, list[Mapping[str, Any]]] = {m.name: [] for m in pipeline}
@@ -756,7 +794,7 @@ def run_benchmark(
                     outcomes.append(_score_outcome(
                         name, case_id, got.labels, reference.cases.get(case_id),
                         options=options, seconds=got.seconds, prediction_instances="labels",
-                        staging=got.staging))
+                        staging=got.staging, shared_seconds=got.shared_seconds))
                 except PipelineError as err:
                     outcomes.append(CaseOutcome(name, case_id, "failed", got.seconds, {},
                                                 str(err)))
@@ -925,6 +963,9 @@ def summarize(per_case: pd.DataFrame, *, methods: Sequence[str],
         row["seconds_mean"] = float(np.mean(secs)) if len(secs) else math.nan
         row["seconds_median"] = float(np.median(secs)) if len(secs) else math.nan
         row["seconds_total"] = float(np.sum(secs)) if len(secs) else math.nan
+        shared = (pd.to_numeric(sub["shared_seconds"], errors="coerce").dropna()
+                  if "shared_seconds" in sub else [])
+        row["shared_seconds_mean"] = float(np.mean(shared)) if len(shared) else math.nan
         if agreement and method in agreement:
             res = agreement[method]
             for var, c in res.classes.items():
@@ -1075,13 +1116,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_report(result: BenchmarkResult, out_dir: Path | str, *, overwrite: bool = False
-                 ) -> dict[str, Path]:
+def write_report(result: BenchmarkResult, out_dir: Path | str, *, overwrite: bool = False,
+                 runs_dir: Path | None = None) -> dict[str, Path]:
     """Write the benchmark's files into ``out_dir`` (created whole, or not at all).
 
     Files: ``per_case.csv``, ``summary.csv``, ``timing.csv``, ``agreement.csv``,
     ``confusion_<method>_<variable>.csv``, ``bench.json``, ``voxel_metrics_box.png``,
-    ``sensitivity_vs_fp.png`` and ``bench.html``.
+    ``sensitivity_vs_fp.png`` and ``bench.html``; ``runs/`` when ``runs_dir`` (the per-run
+    outputs of :func:`stage_study_runner`) is given, moved in.
 
     Raises
     ------
@@ -1098,7 +1140,8 @@ def write_report(result: BenchmarkResult, out_dir: Path | str, *, overwrite: boo
         result.per_case.to_csv(tmp / "per_case.csv", index=False)
         result.summary.to_csv(tmp / "summary.csv", index=False)
         timing_cols = [c for c in ("method", "n_scored", "seconds_mean", "seconds_median",
-                                   "seconds_total") if c in result.summary.columns]
+                                   "seconds_total", "shared_seconds_mean")
+                       if c in result.summary.columns]
         result.summary[timing_cols].to_csv(tmp / "timing.csv", index=False)
         agreement_rows = []
         for name, res in result.agreement.items():
@@ -1118,6 +1161,8 @@ def write_report(result: BenchmarkResult, out_dir: Path | str, *, overwrite: boo
             "summary": result.summary.to_dict(orient="records"),
         }
         (tmp / "bench.json").write_text(json.dumps(_jsonable(payload), indent=2, default=str))
+        if runs_dir is not None and runs_dir.is_dir():
+            shutil.move(str(runs_dir), str(tmp / "runs"))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             out_dir.rename(old)

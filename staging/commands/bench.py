@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import math
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -92,6 +93,10 @@ def register(subparsers: Any) -> None:
                    help="score a case without prediction as an empty prediction")
     p.add_argument("--input-format", choices=("auto", "dicom", "nifti"), default="auto",
                    help="which copy of a case INPUT to read when both exist (auto = NIfTI)")
+    p.add_argument("--runner", choices=("shared", "stage"), default="shared",
+                   help="shared (default): load and label anatomy once per case, then run each "
+                   "method's lesion finder and staging; stage: run the full `psma-stage "
+                   "stage` pipeline per method and case, keeping its outputs in OUTDIR/runs/")
     p.add_argument("--bootstrap", type=int, default=2000, metavar="B",
                    help="bootstrap resamples of the confidence intervals (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -182,6 +187,7 @@ def _cohort(args: argparse.Namespace) -> int:
         parse_method,
         parse_predictions,
         run_benchmark,
+        stage_study_runner,
         write_report,
     )
 
@@ -201,10 +207,23 @@ def _cohort(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         logger.info("bench: case %s done", message)
 
-    result = run_benchmark(reference=reference, methods=methods, cases=cases,
-                           options=_options(args), n_bootstrap=args.bootstrap, seed=args.seed,
-                           progress=progress)
-    files = write_report(result, args.out, overwrite=args.overwrite)
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise ConfigError(f"{args.out}: output folder exists and is not empty; choose another "
+                          "-o or pass --overwrite.")
+    runs_dir = None
+    runner = None
+    if args.runner == "stage" and args.method:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        runs_dir = Path(tempfile.mkdtemp(prefix=f".{args.out.name}.runs-", dir=args.out.parent))
+        runner = stage_study_runner(runs_dir)
+    try:
+        result = run_benchmark(reference=reference, methods=methods, cases=cases,
+                               options=_options(args), n_bootstrap=args.bootstrap,
+                               seed=args.seed, runner=runner, progress=progress)
+        files = write_report(result, args.out, overwrite=args.overwrite, runs_dir=runs_dir)
+    finally:
+        if runs_dir is not None and runs_dir.exists():
+            shutil.rmtree(runs_dir, ignore_errors=True)
     for name, miss in result.missing.items():
         if miss["missing_prediction"]:
             print(f"{name}: no prediction for {', '.join(miss['missing_prediction'])}",
