@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import pixel_array
+from pydicom.pixels.utils import pixel_array
 
 from imaging.errors import (
     DicomError,
@@ -259,7 +259,7 @@ def _iter_files(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def _read_header(path: Path, tags: Sequence[str] | None = None) -> Dataset | str:
+def _read_header(path: Path, tags: list[str] | None = None) -> Dataset | str:
     """The header of one file, or the reason it is skipped."""
     try:
         with open(path, "rb") as fh:
@@ -561,7 +561,7 @@ def read_series_headers(files: Sequence[Path]) -> list[Dataset]:
     DicomError
         If a file cannot be read.
     """
-    out = []
+    out: list[Dataset] = []
     for path in files:
         try:
             ds = dcmread(path, stop_before_pixels=True)

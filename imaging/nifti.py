@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
+import nibabel as _nib
 import numpy as np
 from numpy.typing import NDArray
 
@@ -24,6 +24,8 @@ from imaging.volume import PetCtStudy, StudyMetadata, Unit, Volume
 __all__ = ["load_nifti_study", "read_nifti", "write_nifti"]
 
 logger = logging.getLogger(__name__)
+
+nib: Any = _nib  # nibabel images are typed loosely
 
 _LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _INTEGER_UNITS = ("label", "mask")
@@ -94,7 +96,7 @@ def read_nifti(path: Path | str, *, unit: Unit) -> Volume:
     except (OSError, EOFError, ValueError) as err:
         raise NiftiError(f"{path}: cannot read voxel data ({err}); file truncated?") from err
     data = data.reshape(shape[:3])
-    spacing, origin, direction = _ras_affine_to_geometry(np.asarray(img.affine, float), path)
+    spacing, origin, direction = _ras_affine_to_geometry(np.asarray(img.affine, dtype=np.float64), path)
     array = np.ascontiguousarray(data.transpose(2, 1, 0))
     return Volume(array=array, spacing=spacing, origin=origin, direction=direction, unit=unit)
 

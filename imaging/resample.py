@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as _sitk
 
 from imaging.volume import Volume, same_geometry
 
 __all__ = ["resample_to"]
 
 logger = logging.getLogger(__name__)
+
+sitk: Any = _sitk  # SimpleITK ships no type hints
 
 
 def resample_to(

@@ -1,4 +1,4 @@
-"""Standardised uptake value (SUV) scale factors: the QIBA vendor-neutral algorithm plus vendor branches.
+"""SUV scale factors: the QIBA vendor-neutral algorithm plus vendor branches.
 
 Every conversion returns an :class:`SuvConversion`: one factor per instance (applied to the
 modality-LUT value ``stored * RescaleSlope + RescaleIntercept``), the output unit and a JSON-ready
@@ -209,7 +209,7 @@ def body_surface_area_m2(weight_kg: float, height_m: float) -> float:
     >>> round(body_surface_area_m2(70.0, 1.75), 3)
     1.848
     """
-    return 0.007184 * (height_m * 100.0) ** 0.725 * weight_kg**0.425
+    return float(0.007184 * (height_m * 100.0) ** 0.725 * weight_kg**0.425)
 
 
 def ideal_body_weight_kg(height_m: float, sex: str) -> float:
@@ -229,7 +229,9 @@ def ideal_body_weight_kg(height_m: float, sex: str) -> float:
 # ------------------------------------------------------------------------------------------
 _TM_RE = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?$")
 _DA_RE = re.compile(r"^(\d{4})(\d{2})(\d{2})$")
-_DT_RE = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
+_DT_RE = re.compile(
+    r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$"
+)
 
 
 def _text(value: Any) -> str:
@@ -342,7 +344,9 @@ def _private_value(ds: Dataset, group: int, creator: str, offset: int) -> Any:
     return None if elem is None else elem.value
 
 
-def _header_datetime(ds: Dataset, date_kw: str, time_kw: str, path: Path | None) -> datetime | None:
+def _header_datetime(
+    ds: Dataset, date_kw: str, time_kw: str, path: Path | None
+) -> datetime | None:
     date_v, time_v = _get(ds, date_kw), _get(ds, time_kw)
     if time_v is None or date_v is None:
         return None
@@ -479,7 +483,9 @@ def _suv_mass(
                 path=path,
             )
         prov["lean_body_mass_kg"] = lbm
-        prov["lean_body_mass_formula"] = "Janmahasatian 2005" if formula == "janma" else "James 1976"
+        prov["lean_body_mass_formula"] = (
+            "Janmahasatian 2005" if formula == "janma" else "James 1976"
+        )
         return lbm * 1000.0, "g/ml"
     if suv_type == "ibw":
         ibw = ideal_body_weight_kg(height, sex)
@@ -501,7 +507,7 @@ def _half_life(item: Dataset | None, ov: SuvOverrides, path: Path | None,
             prov["half_life_source"] = "RadionuclideHalfLife"
         else:
             code = _radionuclide_code(item)
-            if ov.use_nominal_half_life and code in NOMINAL_HALF_LIFE_S:
+            if ov.use_nominal_half_life and code is not None and code in NOMINAL_HALF_LIFE_S:
                 hl = NOMINAL_HALF_LIFE_S[code]
                 prov["half_life_source"] = f"nominal for radionuclide code {code}"
                 prov["warnings"].append(

@@ -1,4 +1,4 @@
-"""``psma-stage inspect`` (series inventory and PET/CT choice) and ``psma-stage suv`` (PET to SUV NIfTI)."""
+"""``psma-stage inspect`` (series inventory, PET/CT choice) and ``psma-stage suv`` (SUV NIfTI)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
                    help="SeriesInstanceUID of the PET series (see `psma-stage inspect`)")
     s.add_argument("--strict", action="store_true",
                    help="treat tolerated DICOM deviations as errors")
-    g = s.add_argument_group("overrides (each replaces the header value; recorded in OUT.suv.json)")
+    g = s.add_argument_group(
+        "overrides (each replaces the header value; recorded in OUT.suv.json)")
     g.add_argument("--injected-dose-mbq", type=float, metavar="MBQ", help="injected activity")
     g.add_argument("--dose-unit", choices=("auto", "Bq", "MBq"), default="auto",
                    help="unit of the stored RadionuclideTotalDose (auto: < 1e5 read as MBq)")
@@ -76,7 +77,8 @@ def register(subparsers: Any) -> None:
 def _inventory_text(inv: Inventory) -> str:
     lines = [f"{inv.root}: {inv.n_files} files, {len(inv.studies)} studies"]
     if inv.skipped:
-        lines.append("  skipped: " + ", ".join(f"{v} {k}" for k, v in sorted(inv.skipped.items())))
+        skipped = ", ".join(f"{v} {k}" for k, v in sorted(inv.skipped.items()))
+        lines.append(f"  skipped: {skipped}")
     for st in inv.studies:
         lines.append(f"study {st.study_instance_uid} (patient {st.patient_id})")
         lines.append(
@@ -85,13 +87,16 @@ def _inventory_text(inv: Inventory) -> str:
         )
         for se in st.series:
             size = f"{se.rows}x{se.columns}" if se.rows else "-"
-            z = "" if se.z_range_mm is None else f" z {se.z_range_mm[0]:.1f}..{se.z_range_mm[1]:.1f}"
+            z = "" if se.z_range_mm is None else (
+                f" z {se.z_range_mm[0]:.1f}..{se.z_range_mm[1]:.1f}")
+            number = "-" if se.series_number is None else str(se.series_number)
             lines.append(
-                f"  {se.modality or '?':<8} #{se.series_number if se.series_number is not None else '-':<4}"
+                f"  {se.modality or '?':<8} #{number:<4}"
                 f" {se.n_instances:>5} inst {size:>9} {se.orientation:<8}"
                 f" {se.size_bytes / 1e6:7.1f} MB{z}  {se.series_description[:30]!r}"
             )
-            lines.append(f"      {se.series_instance_uid}: {st.reasons.get(se.series_instance_uid)}")
+            reason = st.reasons.get(se.series_instance_uid)
+            lines.append(f"      {se.series_instance_uid}: {reason}")
     return "\n".join(lines)
 
 

@@ -74,7 +74,8 @@ class PetSpec:
 
 def decayed_dose(spec: PetSpec) -> float:
     """The dose decayed to the series time (the QIBA START reference)."""
-    assert spec.injection is not None and spec.half_life_s is not None
+    assert spec.injection is not None
+    assert spec.half_life_s is not None
     dt = (spec.series_time - spec.injection).total_seconds()
     return float(spec.dose_bq) * 2.0 ** (-dt / spec.half_life_s)  # type: ignore[arg-type]
 

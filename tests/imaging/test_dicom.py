@@ -49,7 +49,8 @@ def test_safe_path_component(text: str, expected_prefix: str) -> None:
     out = safe_path_component(text)
     assert out.startswith(expected_prefix)
     assert set(out) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-    assert not out.startswith(".") and ".." not in out.split("-")[0].split("_")
+    assert not out.startswith(".")
+    assert ".." not in out.split("-")[0].split("_")
     if text != expected_prefix:
         assert len(out) == len(expected_prefix) + 9  # altered: 8-char hash suffix
     assert safe_path_component("a b") != safe_path_component("a_b")  # stays distinct
@@ -74,8 +75,10 @@ def test_discover_groups_series_skips_junk_and_chooses_pair(tmp_path: Path) -> N
     assert inv.skipped == {"not_dicom": 2, "unreadable": 1, "dicomdir": 1}, inv.skipped
     (study,) = inv.studies
     assert {s.modality for s in study.series} == {"PT", "CT"}
-    assert study.pet is not None and study.pet.n_instances == 6
-    assert study.ct is not None and study.ct.n_instances == 9
+    assert study.pet is not None
+    assert study.pet.n_instances == 6
+    assert study.ct is not None
+    assert study.ct.n_instances == 9
     assert study.reasons[study.pet.series_instance_uid].startswith("chosen as PET")
     assert study.reasons[study.ct.series_instance_uid].startswith("chosen as CT")
     d = inv.to_dict()
@@ -97,7 +100,8 @@ def test_choice_rejects_nac_pet_localizer_other_frame_and_short_ct(tmp_path: Pat
     assert "localizer" in r[uid("scout")]
     assert "FrameOfReferenceUID" in r[uid("otherfor")]
     assert "covers" in r[uid("short")]
-    assert study.ct is not None and study.ct.series_instance_uid not in {
+    assert study.ct is not None
+    assert study.ct.series_instance_uid not in {
         uid("scout"), uid("otherfor"), uid("short")}
 
 
@@ -106,7 +110,8 @@ def test_several_pet_candidates_reported_and_original_preferred(tmp_path: Path) 
     write_pet_series(tmp_path / "DER", spec=PetSpec(image_type=("DERIVED", "SECONDARY")),
                      series_uid=uid("derived"))
     (study,) = discover(tmp_path).studies
-    assert study.pet is not None and study.pet.series_instance_uid != uid("derived")
+    assert study.pet is not None
+    assert study.pet.series_instance_uid != uid("derived")
     assert "best of 2 candidates" in study.reasons[study.pet.series_instance_uid]
     assert "not chosen as PET" in study.reasons[uid("derived")]
 
@@ -143,7 +148,7 @@ def test_geometry_matches_image_position_for_any_orientation(
     vol = _ct(paths)
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
-        k = int(round(vol.world_to_index(np.asarray(ds.ImagePositionPatient, float))[0]))
+        k = round(float(vol.world_to_index(np.asarray(ds.ImagePositionPatient, float))[0]))
         # voxel (k, 0, 0) sits at the slice's ImagePositionPatient
         np.testing.assert_allclose(vol.index_to_world([k, 0, 0]), ds.ImagePositionPatient,
                                    atol=1e-3)
@@ -193,7 +198,8 @@ def test_missing_slice(tmp_path: Path) -> None:
     missing = paths.pop(4)
     with pytest.raises(InconsistentSeriesError, match=r"missing slice\(s\): gap of 4.000 mm") as e:
         _ct(paths)
-    assert e.value.path is not None and e.value.path.name == "CT0005.dcm"
+    assert e.value.path is not None
+    assert e.value.path.name == "CT0005.dcm"
     assert missing.name not in str(e.value)
 
 
@@ -268,7 +274,7 @@ def test_discover_missing_folder(tmp_path: Path) -> None:
 def test_read_headers_of_corrupt_file(tmp_path: Path) -> None:
     paths = write_ct_series(tmp_path)
     paths[0].write_bytes(paths[0].read_bytes()[:150])
-    with pytest.raises(DicomError, match="CT0000.dcm: cannot read the DICOM header"):
+    with pytest.raises(DicomError, match=r"CT0000\.dcm: cannot read the DICOM header"):
         read_series_headers(paths)
 
 

@@ -43,7 +43,8 @@ def test_load_study_known_suv_and_metadata(tmp_path: Path) -> None:
     write_study(tmp_path, spec=spec, pet_geom=geom, activity=act)
     study = load_study(tmp_path)
     _assert_suv(study, act, expected_suvbw_factor(spec))
-    assert study.ct is not None and study.ct.unit == "HU"
+    assert study.ct is not None
+    assert study.ct.unit == "HU"
     assert study.meta.patient_weight_kg == 80.0
     assert study.meta.patient_sex == "M"
     assert study.meta.source == "dicom"
@@ -128,14 +129,15 @@ def test_truncated_pet_file_is_a_typed_error(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as e:
         load_study(tmp_path)
     assert type(e.value).__module__ == "imaging.errors"
-    assert victim.name in str(e.value) and "PixelData (7FE0,0010)" in str(e.value)
+    assert victim.name in str(e.value)
+    assert "PixelData (7FE0,0010)" in str(e.value)
 
 
 def test_strict_turns_derived_pet_warning_into_error(tmp_path: Path) -> None:
     write_study(tmp_path, spec=PetSpec(image_type=("DERIVED", "SECONDARY")))
     with pytest.warns(DicomWarning, match="not ORIGINAL"):
         load_study(tmp_path)
-    with pytest.raises(DicomError, match="strict mode: .*not ORIGINAL"):
+    with pytest.raises(DicomError, match=r"strict mode: .*not ORIGINAL"):
         load_study(tmp_path, strict=True)
 
 
@@ -152,7 +154,8 @@ def test_midnight_study_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("case", ["STS_001", "STS_002"])
 def test_ibsi_studies_pair_by_frame_of_reference_and_keep_gml(case: str) -> None:
     (inv_study,) = discover(IBSI / case).studies
-    assert inv_study.pet is not None and inv_study.ct is not None
+    assert inv_study.pet is not None
+    assert inv_study.ct is not None
     assert inv_study.pet.frame_of_reference_uid == inv_study.ct.frame_of_reference_uid
     with pytest.warns(DicomWarning, match="DERIVED"):
         study = load_study(IBSI / case)
@@ -182,6 +185,7 @@ def test_ibsi_copy_with_both_studies_needs_a_choice(tmp_path: Path) -> None:
     inv = discover(tmp_path)
     assert len(inv.studies) == 2
     no_ct = next(s for s in inv.studies if s.patient_id == "STS_001")
-    assert no_ct.pet is not None and no_ct.ct is None
+    assert no_ct.pet is not None
+    assert no_ct.ct is None
     with pytest.raises(NoUsableSeriesError, match="no CT for PET"), pytest.warns(DicomWarning):
         load_study(tmp_path, pet_series_uid=no_ct.pet.series_instance_uid)

@@ -74,7 +74,8 @@ def test_labels_keep_integer_dtype(tmp_path: Path) -> None:
 def test_bool_mask_written_as_uint8(tmp_path: Path) -> None:
     vol = _volume(np.eye(3)[:, ::-1], unit="mask").with_array(np.ones((5, 6, 7), bool))
     back = read_nifti(write_nifti(vol, tmp_path / "m.nii.gz"), unit="mask")
-    assert back.array.dtype == np.uint8 and back.array.all()
+    assert back.array.dtype == np.uint8
+    assert back.array.all()
 
 
 def test_4d_single_volume_accepted_and_true_4d_rejected(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_sheared_affine_and_bad_file(tmp_path: Path) -> None:
     with pytest.raises(GeometryError, match="shear"):
         read_nifti(tmp_path / "s.nii.gz", unit="g/ml")
     (tmp_path / "bad.nii.gz").write_bytes(b"nonsense")
-    with pytest.raises(PipelineError, match="bad.nii.gz: cannot read NIfTI"):
+    with pytest.raises(PipelineError, match=r"bad\.nii\.gz: cannot read NIfTI"):
         read_nifti(tmp_path / "bad.nii.gz", unit="g/ml")
     with pytest.raises(PipelineError, match="cannot read NIfTI"):
         read_nifti(tmp_path / "missing.nii.gz", unit="g/ml")
@@ -109,12 +110,16 @@ def test_load_nifti_study_autopet_style(tmp_path: Path) -> None:
     study = load_nifti_study(case / "SUV.nii.gz", case / "CTres.nii.gz")
     assert study.meta.patient_id == "PETCT_0af7ffe12a"
     assert study.meta.source == "nifti"
-    assert study.pet.unit == "g/ml" and study.ct is not None and study.ct.unit == "HU"
-    assert same_geometry(study.pet, pet) and same_geometry(study.ct, ct)
+    assert study.pet.unit == "g/ml"
+    assert study.ct is not None
+    assert study.ct.unit == "HU"
+    assert same_geometry(study.pet, pet)
+    assert same_geometry(study.ct, ct)
     np.testing.assert_array_equal(study.ct.array, ct.array)
     assert study.suv_provenance["branch"] == "nifti"
     again = load_nifti_study(case / "SUV.nii.gz", None, patient_id="P1")
-    assert again.ct is None and again.meta.patient_id == "P1"
+    assert again.ct is None
+    assert again.meta.patient_id == "P1"
     assert again.meta.study_instance_uid == study.meta.study_instance_uid
 
 

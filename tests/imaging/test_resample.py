@@ -25,9 +25,11 @@ def test_linear_field_is_reproduced_on_a_coarser_rotated_grid() -> None:
     src = _grid((40, 50, 50), (1.0, 1.0, 1.0), (-25.0, -25.0, -20.0))
     src = src.with_array(_linear_field(src))
     rot = Rotation.from_euler("z", 20, degrees=True).as_matrix()
-    ref = _grid((8, 10, 10), (3.0, 2.5, 2.5), (-8.0, -9.0, -10.0), direction=rot @ np.eye(3)[:, ::-1])
+    ref = _grid((8, 10, 10), (3.0, 2.5, 2.5), (-8.0, -9.0, -10.0),
+                direction=rot @ np.eye(3)[:, ::-1])
     out = resample_to(src, ref)
-    assert out.shape == ref.shape and out.array.dtype == np.float32
+    assert out.shape == ref.shape
+    assert out.array.dtype == np.float32
     np.testing.assert_allclose(out.origin, ref.origin)
     np.testing.assert_allclose(out.array, _linear_field(ref), atol=1e-3)
 
@@ -55,12 +57,15 @@ def test_ct_fill_outside_is_air_and_labels_stay_labels() -> None:
     assert out.array[3, 3, 3] == pytest.approx(40.0)
     labels = ct.with_array(np.arange(125, dtype=np.uint16).reshape(5, 5, 5), unit="label")
     lab = resample_to(labels, ref, interpolation="nearest")
-    assert lab.array.dtype == np.uint16 and lab.array[0, 0, 0] == 0
+    assert lab.array.dtype == np.uint16
+    assert lab.array[0, 0, 0] == 0
     assert set(np.unique(lab.array)) <= set(range(125))
     assert lab.array[3, 3, 3] == labels.array[2, 2, 2]
     mask = ct.with_array(np.ones((5, 5, 5), bool), unit="mask")
     m = resample_to(mask, ref, interpolation="nearest")
-    assert m.array.dtype == np.bool_ and m.array[3, 3, 3] and not m.array[0, 0, 0]
+    assert m.array.dtype == np.bool_
+    assert m.array[3, 3, 3]
+    assert not m.array[0, 0, 0]
 
 
 def test_same_grid_is_identity_and_bad_interpolation() -> None:

@@ -319,7 +319,8 @@ def _bad_start_datetime(k: int, ds: Dataset) -> None:
          r"Units \(0054,1001\) is absent"),
         (PetSpec(), _drop_rp("RadiopharmaceuticalStartDateTime"), MissingAttributeError,
          r"injection time"),
-        (PetSpec(), _bad_start_datetime, SuvError, r"RadiopharmaceuticalStartDateTime \(0018,1078\) = "),
+        (PetSpec(), _bad_start_datetime, SuvError,
+         r"RadiopharmaceuticalStartDateTime \(0018,1078\) = "),
     ],
     ids=[
         "missing-dose", "missing-weight", "zero-weight", "missing-half-life",
@@ -341,7 +342,8 @@ def test_broken_headers_raise_typed_errors(spec, mutate, error, pattern) -> None
         ("lbm", PetSpec(sex="O"), r"PatientSex \(0010,0040\) = 'O'.*--sex"),
         ("ibw", PetSpec(sex=None), r"PatientSex \(0010,0040\)"),
         ("bsa", PetSpec(size_m=None), r"PatientSize \(0010,1020\) is absent.*--height-m"),
-        ("lbm", PetSpec(size_m=180.0), r"PatientSize \(0010,1020\) = 180.0 looks like centimetres"),
+        ("lbm", PetSpec(size_m=180.0),
+         r"PatientSize \(0010,1020\) = 180.0 looks like centimetres"),
     ],
 )
 def test_suv_types_require_their_attributes(suv_type: str, spec: PetSpec, pattern: str) -> None:

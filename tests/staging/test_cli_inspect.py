@@ -39,7 +39,9 @@ def test_suv_dro_acceptance(case: str, tmp_path: Path, capsys: pytest.CaptureFix
     assert values.max() == pytest.approx(4.00, rel=0.005)
     record = json.loads((tmp_path / f"{case}.suv.json").read_text())
     prov = record["suv_provenance"]
-    assert prov["suv_type"] == "bw" and prov["factor"] > 0 and "branch" in prov
+    assert prov["suv_type"] == "bw"
+    assert prov["factor"] > 0
+    assert "branch" in prov
     if case == "DRO_3_0":
         assert prov["injected_dose_unit_detected"] == "MBq"
     # RAS affine: the DRO slices sit at LPS (0, 0, 4k) with 4 mm pixels
@@ -66,8 +68,10 @@ def test_suv_bad_input_exit_1_with_one_line(tmp_path: Path,
     assert main(["-q", "suv", str(tmp_path / "s"), "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "PatientWeight (0010,1030) is absent" in err and "--weight-kg" in err
-    assert not out.exists() and not (tmp_path / "o.suv.json").exists()
+    assert "PatientWeight (0010,1030) is absent" in err
+    assert "--weight-kg" in err
+    assert not out.exists()
+    assert not (tmp_path / "o.suv.json").exists()
     # the documented override fixes it, and is recorded
     assert main(["-q", "suv", str(tmp_path / "s"), "-o", str(out), "--weight-kg", "80"]) == 0
     record = json.loads((tmp_path / "o.suv.json").read_text())
@@ -100,13 +104,16 @@ def test_inspect_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (tmp_path / "readme.txt").write_text("x")
     assert main(["-q", "inspect", str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "1 studies" in text and "skipped: 1 not_dicom" in text
-    assert "chosen as PET" in text and "chosen as CT" in text
+    assert "1 studies" in text
+    assert "skipped: 1 not_dicom" in text
+    assert "chosen as PET" in text
+    assert "chosen as CT" in text
     assert "Synthetic" not in text  # never the patient name
     assert main(["-q", "inspect", str(tmp_path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     (study,) = data["studies"]
-    assert study["pet_series_instance_uid"] and study["ct_series_instance_uid"]
+    assert study["pet_series_instance_uid"]
+    assert study["ct_series_instance_uid"]
     assert {s["modality"] for s in study["series"]} == {"PT", "CT"}
 
 
@@ -115,7 +122,8 @@ def test_inspect_ibsi_pairs(capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(capsys.readouterr().out)
     assert len(data["studies"]) == 2
     for st in data["studies"]:
-        assert st["pet_series_instance_uid"] and st["ct_series_instance_uid"]
+        assert st["pet_series_instance_uid"]
+        assert st["ct_series_instance_uid"]
 
 
 def test_suv_strict_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
