@@ -360,9 +360,9 @@ def classify_lesions(
         overlaps = {str(k): float(v) for k, v in lesion.overlaps.items()}
         overlaps.update(measured.get(int(lesion.id), {}))
         view = _WithOverlaps(lesion, overlaps)
-        centroid = np.asarray(lesion.centroid_mm, dtype=float).reshape(3)
+        centroid = [float(v) for v in np.asarray(lesion.centroid_mm, dtype=float).reshape(3)]
         region = _region_at(anatomy, centroid) if anatomy is not None else None
-        out.append(classify_lesion(view, region_at_centroid=region,  # type: ignore[arg-type]
+        out.append(classify_lesion(view, region_at_centroid=region,
                                    bone_site=_bone_site(centroid, anatomy), config=config))
     return tuple(out)
 

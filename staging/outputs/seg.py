@@ -39,7 +39,8 @@ def _slice_pixel_centres(ds: Dataset) -> NDArray[np.float64]:
     rows, cols = int(ds.Rows), int(ds.Columns)
     r = np.arange(rows, dtype=np.float64)[:, None, None]
     c = np.arange(cols, dtype=np.float64)[None, :, None]
-    return ipp + c * col_spacing * iop[:3] + r * row_spacing * iop[3:]
+    centres: NDArray[np.float64] = ipp + c * col_spacing * iop[:3] + r * row_spacing * iop[3:]
+    return centres
 
 
 def frame_masks(label_map: NDArray[np.integer[Any]], grid: Volume,
