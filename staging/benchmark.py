@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from imaging.errors import ConfigError, GeometryError, PipelineError
+from imaging.errors import ConfigError, GeometryError, LesionError, PipelineError
 from imaging.metrics import CaseScore, Instances, Rules, score_case
 from imaging.nifti import read_nifti
 from imaging.resample import resample_to
@@ -77,6 +77,9 @@ logger = logging.getLogger(__name__)
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 #: File names taken as the lesion mask inside a per-case folder, in order of preference.
 MASK_NAMES: tuple[str, ...] = ("SEG", "PRED", "lesions", "lesion_labels", "mask", "label")
+#: Same for reference folders: an instance map (phantom ``LESIONS.nii.gz``, values = truth lesion
+#: ids) first, so that lesions keep their ids and categories.
+REFERENCE_MASK_NAMES: tuple[str, ...] = ("LESIONS", *MASK_NAMES)
 
 
 # -- options and inputs ----------------------------------------------------------------------
@@ -206,13 +209,13 @@ def _strip_nifti(name: str) -> str | None:
     return None
 
 
-def _mask_in_case_folder(folder: Path) -> Path | None:
+def _mask_in_case_folder(folder: Path, names: Sequence[str]) -> Path | None:
     files = sorted(p for p in folder.iterdir() if p.is_file() and _strip_nifti(p.name))
     nifti = folder / "nifti"
     if nifti.is_dir():
         files += sorted(p for p in nifti.iterdir() if p.is_file() and _strip_nifti(p.name))
     by_stem = {_strip_nifti(p.name): p for p in files}
-    for name in MASK_NAMES:
+    for name in names:
         if name in by_stem:
             return by_stem[name]
     direct = [p for p in files if p.parent == folder]
@@ -220,16 +223,16 @@ def _mask_in_case_folder(folder: Path) -> Path | None:
         return direct[0]
     if len(direct) > 1:
         raise ConfigError(f"{folder}: several NIfTI files ({[p.name for p in direct]}) and none "
-                          f"named {', '.join(MASK_NAMES)}; keep one mask per case folder.")
+                          f"named {', '.join(names)}; keep one mask per case folder.")
     return None
 
 
-def find_masks(folder: Path | str) -> dict[str, Path]:
+def find_masks(folder: Path | str, *, names: Sequence[str] = MASK_NAMES) -> dict[str, Path]:
     """Per-case lesion masks of a folder: case id -> NIfTI path.
 
     Accepted layouts: ``FOLDER/<case>.nii.gz`` (or ``.nii``); ``FOLDER/<case>/<mask>.nii.gz``
-    with one NIfTI, or one named after :data:`MASK_NAMES`; ``FOLDER/<case>/nifti/SEG.nii.gz``
-    (the phantom cohort layout).
+    with one NIfTI, or one named after ``names`` (in that order of preference);
+    ``FOLDER/<case>/nifti/<name>.nii.gz`` (the phantom cohort layout).
 
     Raises
     ------
@@ -248,7 +251,7 @@ def find_masks(folder: Path | str) -> dict[str, Path]:
         if entry.is_file():
             case, path = _strip_nifti(entry.name), entry
         elif entry.is_dir():
-            case, path = entry.name, _mask_in_case_folder(entry)
+            case, path = entry.name, _mask_in_case_folder(entry, names)
         else:
             continue
         if case is None or path is None:
@@ -329,12 +332,36 @@ def score_pair(
         ref_inst = "labels" if categories is not None else "components"
     else:
         ref_inst = options.reference_instances
+    if categories is not None and ref_inst == "labels":
+        _check_reference_ids(ref, categories, where=str(reference))
     return score_case(
         pred, ref, rules=options.rules, min_iou=options.min_iou, reference_instances=ref_inst,
         prediction_instances=prediction_instances or options.prediction_instances,
         categories=categories if ref_inst == "labels" else None, label=options.label,
         atol=options.atol,
     )
+
+
+def _check_reference_ids(ref: Volume, categories: Mapping[int, str], *, where: str) -> None:
+    arr = np.asarray(ref.array)
+    values = {int(v) for v in np.unique(arr[arr != 0])} if arr.any() else set()
+    if values == {1} and len(categories) > 1:
+        raise LesionError(
+            f"{where}: the reference mask is binary (only the value 1) but truth.json lists "
+            f"{len(categories)} lesions; a binary mask cannot carry lesion ids and categories. "
+            "Use the instance map (phantom LESIONS.nii.gz) or --reference-instances components."
+        )
+    unknown = sorted(values - set(categories))
+    if unknown:
+        raise LesionError(
+            f"{where}: reference mask values {unknown[:10]} are not lesion ids of the case's "
+            f"truth.json (ids {sorted(categories)[:10]}); a binary mask cannot carry lesion "
+            "categories. Use the instance map (phantom LESIONS.nii.gz) or "
+            "--reference-instances components."
+        )
+    absent = sorted(set(categories) - values)
+    if absent:
+        logger.info("%s: truth lesions %s have no voxel on the reference grid", where, absent)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -426,7 +453,8 @@ def _truth_categories(path: Path) -> dict[int, str]:
 def load_reference(paths: Sequence[Path | str]) -> ReferenceSet:
     """Collect the reference from folders of masks and/or staging CSV files.
 
-    A folder contributes its masks (:func:`find_masks`), each case's ``truth.json`` lesion
+    A folder contributes its masks (:func:`find_masks`, preferring an instance map
+    ``LESIONS.nii.gz`` to a binary ``SEG.nii.gz``), each case's ``truth.json`` lesion
     categories when present (``FOLDER/<case>/truth.json``), and ``FOLDER/truth.csv`` as the
     staging table when present — so a phantom cohort folder is a complete reference. A ``.csv``
     file is a reference staging table (``patient_id`` plus ``group``, ``emmett_group`` and/or
@@ -442,7 +470,7 @@ def load_reference(paths: Sequence[Path | str]) -> ReferenceSet:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for case, mask in find_masks(path).items():
+            for case, mask in find_masks(path, names=REFERENCE_MASK_NAMES).items():
                 if case in cases:
                     raise ConfigError(f"{path}: reference case {case!r} also in another source.")
                 truth = path / case / "truth.json"

@@ -63,14 +63,16 @@ _GROUP = {0: ("T0N0M0", "negative"), 1: ("M1b-M1c", "extra_fossa"),
 
 
 def _write_phantom_like_cohort(root: Path, n_lesions: Sequence[int]) -> dict[str, NDArray[Any]]:
-    """Reference cohort in the phantom layout: <pid>/nifti/SEG.nii.gz, truth.json, truth.csv."""
+    """Reference cohort in the phantom layout: <pid>/nifti/{SEG,LESIONS}.nii.gz, truth.json,
+    truth.csv (SEG binary as autoPET, LESIONS = truth lesion ids)."""
     labels = {}
     rows = []
     for n, count in enumerate(n_lesions):
         pid = f"P{n:03d}"
         lab = _reference_labels(count)
         labels[pid] = lab
-        write_nifti(_volume(lab), root / pid / "nifti" / "SEG.nii.gz")
+        write_nifti(_volume((lab > 0).astype(np.uint8)), root / pid / "nifti" / "SEG.nii.gz")
+        write_nifti(_volume(lab), root / pid / "nifti" / "LESIONS.nii.gz")
         truth = {"patient_id": pid,
                  "lesions": [{"id": i + 1, "category": _CATS[i]} for i in range(count)]}
         (root / pid / "truth.json").write_text(json.dumps(truth))
@@ -210,6 +212,8 @@ def test_runner_scores_external_masks_against_phantom_truth(tmp_path: Path) -> N
     perfect, partial = _prediction_folders(tmp_path, labels)
     reference = load_reference([tmp_path / "cohort"])
     assert reference.table is not None
+    assert reference.cases["P003"].mask_path is not None
+    assert reference.cases["P003"].mask_path.name == "LESIONS.nii.gz"
     assert reference.cases["P003"].categories == {1: "bone", 2: "node_pelvic", 3: "fossa"}
     result = run_benchmark(
         reference=reference,
@@ -327,6 +331,24 @@ def test_runner_records_a_failing_case_and_goes_on(tmp_path: Path) -> None:
     assert row["status"] == "failed"
     assert "injected dose missing" in row["error"]
     assert result.summary.loc[0, "n_scored"] == 1
+
+
+def test_binary_reference_cannot_carry_categories(tmp_path: Path) -> None:
+    labels = _write_phantom_like_cohort(tmp_path / "cohort", [2])
+    seg = tmp_path / "cohort" / "P000" / "nifti" / "SEG.nii.gz"
+    cats = {1: "bone", 2: "node_pelvic"}
+    from imaging.errors import LesionError
+
+    with pytest.raises(LesionError, match="binary"):
+        score_pair(_volume((labels["P000"] > 0).astype(np.uint8)), seg, categories=cats)
+    with pytest.raises(LesionError, match="not lesion ids"):
+        score_pair(seg, tmp_path / "cohort" / "P000" / "nifti" / "LESIONS.nii.gz",
+                   categories={1: "bone", 5: "visceral"})
+    # the instance map works, and a lesion split off the grid is only logged
+    lesions = tmp_path / "cohort" / "P000" / "nifti" / "LESIONS.nii.gz"
+    score = score_pair(_volume((labels["P000"] == 1).astype(np.uint8)), lesions,
+                       categories={**cats, 3: "visceral"})
+    assert score.hungarian.per_category() == {"bone": (1, 1), "node_pelvic": (1, 0)}
 
 
 def test_runner_and_inputs_reject_bad_setups(tmp_path: Path) -> None:
