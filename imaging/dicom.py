@@ -63,16 +63,6 @@ _READ_ERRORS: tuple[type[BaseException], ...] = (
 _ENHANCED_PET = {"1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.1"}
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
-_DISCOVERY_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "Modality", "PatientID", "StudyInstanceUID",
-    "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "FrameOfReferenceUID",
-    "ImageType", "CorrectedImage", "Units", "ImagePositionPatient", "ImageOrientationPatient",
-    "PixelSpacing", "Rows", "Columns", "NumberOfFrames", "Manufacturer", "SeriesDate",
-    "SeriesTime", "StudyDate", "StudyTime", "RescaleSlope", "RescaleIntercept",
-    "BitsAllocated", "SamplesPerPixel", "SliceThickness", "GantryDetectorTilt",
-    "InstanceNumber",
-]
-
 # (keyword, tag) for messages.
 _TAG = {
     "ImagePositionPatient": "(0020,0032)",
@@ -135,6 +125,9 @@ class SeriesInfo:
     ``z_range_mm`` is the (min, max) LPS z of the slice positions; ``orientation`` is
     ``"axial"``, ``"coronal"``, ``"sagittal"`` or ``"oblique"`` from ImageOrientationPatient;
     ``unusable_reason`` says why the series cannot serve as PET or CT (``None`` if it can).
+    ``pixel_offsets`` holds the byte offset of each file's PixelData element (for a direct read
+    of uncompressed data) and ``headers`` the full headers when discovered with
+    ``keep_headers=True``.
     """
 
     study_instance_uid: str
@@ -157,6 +150,8 @@ class SeriesInfo:
     z_range_mm: tuple[float, float] | None
     files: tuple[Path, ...] = field(repr=False)
     unusable_reason: str | None = None
+    pixel_offsets: tuple[int | None, ...] = field(default=(), repr=False)
+    headers: tuple[Dataset, ...] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no file list)."""
@@ -259,29 +254,33 @@ def _iter_files(root: Path) -> Iterator[Path]:
             yield Path(dirpath) / name
 
 
-def _read_header(path: Path, tags: list[str] | None = None) -> Dataset | str:
-    """The header of one file, or the reason it is skipped."""
+def _read_header(path: Path) -> tuple[Dataset, int | None] | str:
+    """The header of one file and the byte offset of its pixel data element, or why skipped."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
+            if len(head) < 132 or head[128:132] != b"DICM":
+                # Files without a preamble are legal but rare; accept only if pydicom can parse
+                # them and they carry image UIDs.
+                if len(head) < 8:
+                    return "not_dicom"
+                fh.seek(0)
+                try:
+                    ds = dcmread(fh, stop_before_pixels=True, force=True)
+                except _READ_ERRORS:
+                    return "not_dicom"
+                if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
+                    return "not_dicom"
+            else:
+                fh.seek(0)
+                try:
+                    ds = dcmread(fh, stop_before_pixels=True)
+                except _READ_ERRORS:
+                    return "unreadable"
+            offset = fh.tell()
     except OSError:
         return "unreadable"
-    if len(head) < 132 or head[128:132] != b"DICM":
-        # Files without a preamble are legal but rare; accept only if pydicom can parse them
-        # and they carry image UIDs.
-        if len(head) < 8:
-            return "not_dicom"
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=tags, force=True)
-            if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
-                return "not_dicom"
-        except _READ_ERRORS:
-            return "not_dicom"
-        return ds
-    try:
-        return dcmread(path, stop_before_pixels=True, specific_tags=tags)
-    except _READ_ERRORS:
-        return "unreadable"
+    return ds, offset
 
 
 def _str(ds: Dataset, kw: str) -> str | None:
@@ -321,15 +320,16 @@ def _slice_z(ds: Dataset) -> float | None:
         return None
 
 
-def discover(root: Path | str, *, strict: bool = False) -> Inventory:
+def discover(root: Path | str, *, keep_headers: bool = False) -> Inventory:
     """Scan a folder tree for DICOM series and choose each study's PET and CT.
 
     Parameters
     ----------
     root : Path
         Folder (searched recursively) or a single file.
-    strict : bool
-        Unused for discovery itself (kept for symmetry with :func:`load_study`).
+    keep_headers : bool
+        Keep every file's full header (no pixels) in :attr:`SeriesInfo.headers`, so loading
+        does not parse them again. Leave False when scanning many studies.
 
     Returns
     -------
@@ -347,14 +347,15 @@ def discover(root: Path | str, *, strict: bool = False) -> Inventory:
             "path does not exist; give the folder that holds the DICOM files.", path=root
         )
     skipped: Counter[str] = Counter()
-    groups: dict[tuple[str, str], list[tuple[Path, Dataset, int]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[_Member]] = defaultdict(list)
     n_files = 0
     for path in _iter_files(root):
         n_files += 1
-        ds = _read_header(path, _DISCOVERY_TAGS)
-        if isinstance(ds, str):
-            skipped[ds] += 1
+        read = _read_header(path)
+        if isinstance(read, str):
+            skipped[read] += 1
             continue
+        ds, offset = read
         sop_class = _str(ds, "SOPClassUID") or str(
             getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or ""
         )
@@ -369,13 +370,14 @@ def discover(root: Path | str, *, strict: bool = False) -> Inventory:
             size = path.stat().st_size
         except OSError:
             size = 0
-        groups[(study_uid, series_uid)].append((path, ds, size))
+        groups[(study_uid, series_uid)].append((path, ds, size, offset))
     if skipped:
         logger.info("discover %s: skipped %s", root, dict(skipped))
 
     by_study: dict[str, list[SeriesInfo]] = defaultdict(list)
     for (study_uid, series_uid), members in groups.items():
-        by_study[study_uid].append(_series_info(study_uid, series_uid, members))
+        by_study[study_uid].append(
+            _series_info(study_uid, series_uid, members, keep_headers=keep_headers))
     studies = tuple(
         _choose_pair(uid, tuple(sorted(series, key=_series_sort_key)))
         for uid, series in sorted(by_study.items())
@@ -388,20 +390,23 @@ def _series_sort_key(s: SeriesInfo) -> tuple[str, int, str]:
             s.series_instance_uid)
 
 
-def _series_info(study_uid: str, series_uid: str,
-                 members: list[tuple[Path, Dataset, int]]) -> SeriesInfo:
+_Member = tuple[Path, Dataset, int, int | None]
+
+
+def _series_info(study_uid: str, series_uid: str, members: list[_Member], *,
+                 keep_headers: bool) -> SeriesInfo:
     first = members[0][1]
     modality = (_str(first, "Modality") or "").upper()
     sop_class = _str(first, "SOPClassUID")
     rows, cols = first.get("Rows", None), first.get("Columns", None)
     iop = first.get("ImageOrientationPatient", None)
-    zs = [z for _, ds, _ in members if (z := _slice_z(ds)) is not None]
+    zs = [z for _, ds, _, _ in members if (z := _slice_z(ds)) is not None]
     reason = None
     if rows is None or cols is None:
         reason = f"not an image series (Modality {modality or '?'})"
     elif sop_class in _ENHANCED_PET:
         reason = "Enhanced / Legacy Converted Enhanced PET (multi-frame) is not supported"
-    elif any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds, _ in members):
+    elif any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds, _, _ in members):
         reason = f"multi-frame images ({_t('NumberOfFrames')} > 1) are not supported"
     elif modality in ("PT", "CT") and iop is None:
         reason = f"{_t('ImageOrientationPatient')} absent"
@@ -431,6 +436,8 @@ def _series_info(study_uid: str, series_uid: str,
         z_range_mm=(min(zs), max(zs)) if zs else None,
         files=tuple(m[0] for m in members),
         unusable_reason=reason,
+        pixel_offsets=tuple(m[3] for m in members),
+        headers=tuple(m[1] for m in members) if keep_headers else None,
     )
 
 
@@ -747,29 +754,92 @@ def _rescale(ds: Dataset, path: Path) -> tuple[float, float]:
     return s, b
 
 
-def read_pixels(path: Path, *, rows: int, columns: int) -> NDArray[Any]:
+_NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # Implicit / Explicit VR Little Endian
+_PIXEL_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _read_native(path: Path, header: Dataset, offset: int, rows: int, columns: int
+                 ) -> NDArray[Any] | None:
+    """Read uncompressed little-endian pixels directly at ``offset``; None if not applicable."""
+    meta = getattr(header, "file_meta", None)
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if ts not in _NATIVE_LE or int(header.get("SamplesPerPixel", 1) or 1) != 1:
+        return None
+    bits = int(header.get("BitsAllocated", 0) or 0)
+    stored_bits = int(header.get("BitsStored", bits) or bits)
+    signed = int(header.get("PixelRepresentation", 0) or 0) == 1
+    if bits not in (8, 16, 32) or not 0 < stored_bits <= bits:
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    count = rows * columns
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        head = fh.read(12)
+        if head[:4] != _PIXEL_TAG:
+            return None
+        explicit = ts == "1.2.840.10008.1.2.1"
+        if explicit and head[4:6] in (b"OB", b"OW"):
+            length = int.from_bytes(head[8:12], "little")
+            fh.seek(offset + 12)
+        elif not explicit:
+            length = int.from_bytes(head[4:8], "little")
+            fh.seek(offset + 8)
+        else:
+            return None
+        if length == 0xFFFFFFFF:
+            return None
+        arr = np.fromfile(fh, dtype=dtype, count=count)
+    if arr.size != count or length < count * dtype.itemsize:
+        raise DicomError(
+            f"{_t('PixelData')} is truncated: {arr.size * dtype.itemsize} of "
+            f"{count * dtype.itemsize} bytes present (Rows x Columns = {rows} x {columns}, "
+            f"BitsAllocated {bits}). Re-export or re-copy the file.",
+            path=path,
+        )
+    if stored_bits < bits:
+        if signed:
+            shift = bits - stored_bits
+            arr = (arr << shift) >> shift
+        else:
+            arr &= (1 << stored_bits) - 1
+    return arr.reshape(rows, columns)
+
+
+def read_pixels(path: Path, *, rows: int, columns: int, header: Dataset | None = None,
+                offset: int | None = None) -> NDArray[Any]:
     """Stored pixel values of one single-frame file (any supported transfer syntax).
+
+    With the file's ``header`` and the byte ``offset`` of its PixelData element (from
+    :func:`discover`), uncompressed little-endian data are read directly; anything else goes
+    through pydicom's pixel-data plugins (JPEG Lossless, JPEG-LS, JPEG 2000, RLE, ...).
 
     Raises
     ------
     DicomError
         If the pixel data are absent, truncated or cannot be decoded.
     """
-    try:
-        arr = pixel_array(path)
-    except AttributeError as err:
-        raise DicomError(
-            f"{_t('PixelData')} is absent or unreadable ({err}); the file holds no image or "
-            "is truncated. Remove it or re-export the series.",
-            path=path,
-        ) from err
-    except _READ_ERRORS as err:
-        raise DicomError(
-            f"cannot decode {_t('PixelData')}: {type(err).__name__}: {err}. The file is "
-            "truncated or corrupt, or its transfer syntax needs a decoder that is not "
-            "installed; re-export it uncompressed.",
-            path=path,
-        ) from err
+    arr: NDArray[Any] | None = None
+    if header is not None and offset is not None:
+        try:
+            arr = _read_native(path, header, offset, rows, columns)
+        except OSError as err:
+            raise DicomError(f"cannot read {_t('PixelData')}: {err}.", path=path) from err
+    if arr is None:
+        try:
+            arr = pixel_array(path)
+        except AttributeError as err:
+            raise DicomError(
+                f"{_t('PixelData')} is absent or unreadable ({err}); the file holds no image "
+                "or is truncated. Remove it or re-export the series.",
+                path=path,
+            ) from err
+        except _READ_ERRORS as err:
+            raise DicomError(
+                f"cannot decode {_t('PixelData')}: {type(err).__name__}: {err}. The file is "
+                "truncated or corrupt, or its transfer syntax needs a decoder that is not "
+                "installed; re-export it uncompressed.",
+                path=path,
+            ) from err
     if arr.shape != (rows, columns):
         raise InconsistentSeriesError(
             f"pixel array shape {arr.shape} differs from {_t('Rows')} x {_t('Columns')} = "
@@ -787,6 +857,7 @@ def assemble_volume(
     scale: Sequence[float] | NDArray[np.float64] | None = None,
     dtype: Any = None,
     strict: bool = False,
+    pixel_offsets: Sequence[int | None] | None = None,
 ) -> Volume:
     """Build a :class:`~imaging.volume.Volume` from the files of one series.
 
@@ -807,6 +878,9 @@ def assemble_volume(
         ``scale`` None (CT in HU), else ``float32``.
     strict : bool
         Turn tolerated deviations (irregular spacing) into errors.
+    pixel_offsets : sequence of int, optional
+        Byte offset of each file's PixelData element (``SeriesInfo.pixel_offsets``); enables
+        the direct read of uncompressed data.
 
     Returns
     -------
@@ -839,7 +913,10 @@ def assemble_volume(
     is_int = np.issubdtype(out.dtype, np.integer)
     for k, idx in enumerate(geom.order):
         path = paths[idx]
-        stored = read_pixels(path, rows=geom.rows, columns=geom.columns)
+        stored = read_pixels(
+            path, rows=geom.rows, columns=geom.columns, header=headers[idx],
+            offset=None if pixel_offsets is None else pixel_offsets[idx],
+        )
         s, b = slopes[idx], inters[idx]
         if is_int:
             vals = stored.astype(np.int32)

@@ -147,7 +147,7 @@ def _load_study(
     with warnings.catch_warnings():
         if strict:
             warnings.simplefilter("error", DicomWarning)
-        inventory = discover(root)
+        inventory = discover(root, keep_headers=True)
         study = select_study(inventory, pet_series_uid=pet_series_uid)
         pet_info = study.pet
         assert pet_info is not None
@@ -171,19 +171,19 @@ def _load_study(
                 path=root,
             )
         pet_paths = list(pet_info.files)
-        pet_headers = read_series_headers(pet_paths)
+        pet_headers = _headers(pet_info)
         conversion = compute_suv_factors(
             pet_headers, suv_type=suv_type, overrides=overrides, paths=pet_paths
         )
         pet = assemble_volume(
             pet_headers, pet_paths, unit=conversion.unit, scale=conversion.factors,
-            strict=strict,
+            strict=strict, pixel_offsets=pet_info.pixel_offsets,
         )
         ct_vol = None
         if study.ct is not None and ct != "skip":
             ct_paths = list(study.ct.files)
-            ct_headers = read_series_headers(ct_paths)
-            ct_vol = assemble_volume(ct_headers, ct_paths, unit="HU", strict=strict)
+            ct_vol = assemble_volume(_headers(study.ct), ct_paths, unit="HU", strict=strict,
+                                     pixel_offsets=study.ct.pixel_offsets)
     meta = _metadata(pet_headers[0], study, pet_info, None if ct_vol is None else study.ct)
     provenance: dict[str, Any] = dict(conversion.provenance)
     provenance["series_choice"] = {
@@ -198,6 +198,13 @@ def _load_study(
         conversion.factor,
     )
     return PetCtStudy(pet=pet, ct=ct_vol, meta=meta, suv_provenance=provenance)
+
+
+def _headers(series: SeriesInfo) -> list[Any]:
+    """The series' headers kept by discovery, else read again (no pixels)."""
+    if series.headers is not None:
+        return list(series.headers)
+    return read_series_headers(list(series.files))
 
 
 def _float_or_none(value: Any) -> float | None:

@@ -14,6 +14,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 from imaging.dicom import (
     assemble_volume,
     discover,
+    read_pixels,
     read_series_headers,
     safe_path_component,
 )
@@ -283,3 +284,36 @@ def test_copy_of_series_in_two_folders_is_one_series_with_duplicates(tmp_path: P
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     (study,) = discover(tmp_path).studies
     assert study.series[0].n_instances == 2 * len(paths)
+
+
+@pytest.mark.parametrize(
+    ("bits_stored", "signed", "implicit"),
+    [(16, True, False), (12, False, False), (12, True, False), (16, False, True)],
+    ids=["int16", "uint12-high-bits-masked", "int12-sign-extended", "implicit-vr"],
+)
+def test_direct_pixel_read_matches_pydicom(tmp_path: Path, bits_stored: int, signed: bool,
+                                           implicit: bool) -> None:
+    paths = write_ct_series(tmp_path / "src")
+    rng = np.random.default_rng(9)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits_stored, bits_stored - 1, int(
+            signed)
+        raw = rng.integers(0, 2**16, size=(16, 20), dtype=np.uint16)
+        ds.PixelData = raw.tobytes()
+        if implicit:
+            ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(p, implicit_vr=implicit, little_endian=True)
+    (study,) = discover(tmp_path, keep_headers=True).studies
+    series = study.series[0]
+    assert series.headers is not None
+    for path, header, offset in zip(series.files, series.headers, series.pixel_offsets,
+                                    strict=True):
+        direct = read_pixels(path, rows=16, columns=20, header=header, offset=offset)
+        np.testing.assert_array_equal(direct, pydicom.dcmread(path).pixel_array)
+    # a truncated file is caught on the direct path too
+    data = series.files[0].read_bytes()
+    series.files[0].write_bytes(data[:-100])
+    with pytest.raises(DicomError, match=r"PixelData \(7FE0,0010\) is truncated"):
+        read_pixels(series.files[0], rows=16, columns=20, header=series.headers[0],
+                    offset=series.pixel_offsets[0])
