@@ -74,7 +74,7 @@ def plot_km(
                             step="post", color=color, alpha=0.18, lw=0)
             censored = kmf.event_table.index[kmf.event_table["censored"] > 0]
             censored = censored[censored > 0]
-            ax.plot(censored, [float(s.loc[:c].iloc[-1]) for c in censored], "|",
+            ax.plot(censored, s.reindex(censored, method="ffill").to_numpy(), "|",
                     color=color, ms=6, mew=1.0)
         ticks = _xticks(t_max, time_unit)
         ax.set_xlim(0, ticks[-1] if ticks[-1] >= t_max else t_max)

@@ -36,6 +36,7 @@ from lifelines.statistics import (
 from lifelines.utils import median_survival_times
 from pandas.api.types import is_bool_dtype, is_numeric_dtype
 from scipy import stats
+from scipy.linalg import LinAlgWarning
 
 from imaging.errors import ConfigError
 from staging.cohort.errors import (
@@ -345,6 +346,7 @@ class CoxModel:
     fitter: CoxPHFitter | None
     excluded_missing: tuple[str, ...] = ()
     notes: tuple[CohortNote, ...] = ()
+    convergence_problem: bool = False
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -450,22 +452,36 @@ def _fit_cox(
              "from 1; use fewer adjusters or pool groups (stratified model)")
     fit_df = df[[time_col, event_col, *terms] + ([strata] if strata else [])]
     cph = CoxPHFitter(alpha=alpha)
+    # lifelines signals (near-)separation and collinearity with its ConvergenceWarning or, from
+    # the Newton-Raphson solve, SciPy's LinAlgWarning: both become ModelConvergenceWarning here
+    expected = (ConvergenceWarning, LinAlgWarning)
     try:
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ConvergenceWarning)
+            for category in expected:
+                warnings.simplefilter("always", category)
+            # numpy overflow inside lifelines' Newton-Raphson: the same divergence
+            warnings.filterwarnings("always", category=RuntimeWarning, module=r"lifelines\.")
             cph.fit(fit_df, duration_col=time_col, event_col=event_col,
                     strata=[strata] if strata else None)
+            ph = proportional_hazard_test(cph, fit_df, time_transform="rank").summary
     except ConvergenceError as err:
         first = str(err).strip().splitlines()[0]
         warn(ModelConvergenceWarning, f"Cox fit did not converge ({first})")
         return not_estimable(f"Cox fit did not converge: {first}")
+    convergence_problem = False
     for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
+        from_lifelines = "lifelines" in str(w.filename)
+        if issubclass(w.category, expected) or (issubclass(w.category, RuntimeWarning)
+                                                 and from_lifelines):
+            convergence_problem = True
             warn(ModelConvergenceWarning,
-                 f"lifelines: {str(w.message).strip().splitlines()[0]}")
+                 f"lifelines: {str(w.message).strip().splitlines()[0]} (check for a covariate "
+                 "that (nearly) separates events, or collinear covariates)")
         else:  # not ours to silence: re-issue unchanged
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    ph = proportional_hazard_test(cph, fit_df, time_transform="rank").summary
+    if any("failed to converge" in str(w.message) for w in caught):
+        return not_estimable("Cox fit did not converge (Newton-Raphson); a covariate may "
+                             "separate events from non-events")
     ph_test = pd.DataFrame({"term": ph.index.astype(str),
                             "test_statistic": ph["test_statistic"].to_numpy(float),
                             "p": ph["p"].to_numpy(float)})
@@ -478,7 +494,7 @@ def _fit_cox(
     return CoxModel(scope=scope, status="fitted", reason="", n=n, events=events,
                     terms=tuple(terms), dropped=dropped, events_per_variable=epv,
                     ph_test=ph_test, fitter=cph, excluded_missing=excluded,
-                    notes=tuple(model_notes))
+                    notes=tuple(model_notes), convergence_problem=convergence_problem)
 
 
 def _check_covariates(data: pd.DataFrame, treatments: Sequence[str],
@@ -590,7 +606,9 @@ def fit_treatment_effects(
             }
             if m.fitter is not None and term in m.terms:
                 s = m.fitter.summary.loc[term]
-                row.update(status="fitted", reason="", hr=float(s["exp(coef)"]),
+                row.update(status="fitted", hr=float(s["exp(coef)"]),
+                           reason=("lifelines reported a convergence problem: estimate "
+                                   "unreliable" if m.convergence_problem else ""),
                            hr_lower=float(s[f"exp(coef) lower {100 * (1 - alpha):g}%"]),
                            hr_upper=float(s[f"exp(coef) upper {100 * (1 - alpha):g}%"]),
                            p=float(s["p"]), coef=float(s["coef"]), se=float(s["se(coef)"]),
