@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def _handler(args: argparse.Namespace) -> int:
     from staging.models import StudySource
     from staging.pipeline import stage_study
 
+    if getattr(args, "verbose", 0) < 2:  # highdicom narrates every copied module at INFO
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
     overrides = parse_assignments(args.settings)
     if args.anatomy:
         overrides.setdefault("anatomy", {}).update(_anatomy_override(args.anatomy))
