@@ -297,7 +297,8 @@ def test_read_staging_json_folder_and_csv(tmp_path: Path) -> None:
     assert frame["patient_id"].tolist() == ["a", "b"]
     assert frame.loc[1, "count_fossa"] == 1
     assert frame.loc[0, "ref_liver_suv"] == 5.0
-    assert "lesions" not in frame.columns and "config" not in frame.columns
+    assert "lesions" not in frame.columns
+    assert "config" not in frame.columns
     csv = tmp_path / "export.csv"
     frame.drop(columns="source").to_csv(csv, index=False)
     again = read_staging_results(csv)
@@ -305,15 +306,15 @@ def test_read_staging_json_folder_and_csv(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="staging results not found; check the path"):
         read_staging_results(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="no staging.json below this folder"):
+    with pytest.raises(ConfigError, match=r"no staging\.json below this folder"):
         read_staging_results(tmp_path / "empty")
     bad = tmp_path / "bad" / "staging.json"
     bad.parent.mkdir()
     bad.write_text("{not json")
-    with pytest.raises(CohortError, match="cannot read staging.json"):
+    with pytest.raises(CohortError, match=r"cannot read staging\.json"):
         read_staging_results(bad)
-    with pytest.raises(ConfigError, match="unknown staging-results format '.xlsx'"):
-        (tmp_path / "x.xlsx").write_text("")
+    (tmp_path / "x.xlsx").write_text("")
+    with pytest.raises(ConfigError, match=r"unknown staging-results format '\.xlsx'"):
         read_staging_results(tmp_path / "x.xlsx")
 
 
