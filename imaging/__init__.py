@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from imaging.dicom import Inventory, discover, safe_path_component
 from imaging.errors import (
     AnatomyError,
     ConfigError,
@@ -16,12 +17,11 @@ from imaging.errors import (
     PipelineWarning,
     SuvError,
 )
-from imaging.volume import PetCtStudy, StudyMetadata, Volume, same_geometry
-from imaging.dicom import Inventory, discover, safe_path_component
 from imaging.loading import load_study
 from imaging.nifti import load_nifti_study, read_nifti, write_nifti
 from imaging.resample import resample_to
 from imaging.suv import SuvConversion, SuvOverrides, compute_suv_factors
+from imaging.volume import PetCtStudy, StudyMetadata, Volume, same_geometry
 
 __all__ = [
     "AnatomyError",

@@ -14,6 +14,7 @@ See ``docs/loading.md``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -29,9 +30,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import pixel_array
+from pydicom.tag import BaseTag
 
 from imaging.errors import (
     DicomError,
@@ -48,6 +51,9 @@ __all__ = [
     "StudyInventory",
     "assemble_volume",
     "discover",
+    "raw_floats",
+    "raw_text",
+    "raw_value",
     "read_series_headers",
     "safe_path_component",
 ]
@@ -81,6 +87,85 @@ _TAG = {
 
 def _t(keyword: str) -> str:
     return f"{keyword} {_TAG.get(keyword, '')}".rstrip()
+
+
+# ------------------------------------------------------------------------------------------
+# Fast attribute access
+# ------------------------------------------------------------------------------------------
+# pydicom converts an element on first access (DS/IS values become validated number objects);
+# for the few attributes read from every file of a series, decoding the raw ASCII value here is
+# several times faster. Values already converted are used as they are.
+_NUMBER_TEXT_VRS = frozenset({"DS", "IS"})
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
+
+
+@functools.lru_cache(maxsize=256)
+def _tag_vr(keyword: str) -> tuple[BaseTag, str]:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise KeyError(f"unknown DICOM keyword {keyword!r}")
+    return BaseTag(tag), dictionary_VR(tag)
+
+
+def _raw_element_value(ds: Dataset, keyword: str, vrs: frozenset[str]) -> Any:
+    tag, vr = _tag_vr(keyword)
+    if tag not in ds._dict:
+        return None
+    value = ds._dict[tag].value
+    if isinstance(value, bytes) and vr not in vrs:
+        value = ds[tag].value  # binary VR (US, SS, FD, ...): let pydicom decode it
+    return value
+
+
+def raw_value(ds: Dataset, keyword: str) -> Any:
+    """An element's value as held: undecoded bytes until pydicom converts it; None if absent.
+
+    Cheap enough to compare every instance of a series element by element.
+    """
+    elem = ds._dict.get(_tag_vr(keyword)[0])
+    return None if elem is None else elem.value
+
+
+def raw_text(ds: Dataset, keyword: str) -> str | None:
+    """The value of a text-like attribute (UI, CS, DA, TM, DT, DS, IS) as a stripped string.
+
+    Multi-valued attributes keep DICOM's backslash separator. ``None`` if absent or empty.
+    """
+    value = _raw_element_value(ds, keyword, _TEXT_VRS)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        text = value.decode("ascii", errors="replace")
+    elif isinstance(value, str):
+        text = value
+    elif isinstance(value, list | tuple) or hasattr(value, "__iter__"):
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value)
+    text = text.strip(" \x00")
+    return text or None
+
+
+def raw_floats(ds: Dataset, keyword: str) -> NDArray[np.float64] | None:
+    """A numeric (DS/IS/FD) attribute as a float array, or ``None`` if absent or empty.
+
+    Raises
+    ------
+    ValueError
+        If the value is not numeric.
+    """
+    value = _raw_element_value(ds, keyword, _NUMBER_TEXT_VRS)
+    if value is None:
+        return None
+    if isinstance(value, bytes | str):
+        text = value.decode("ascii", errors="replace") if isinstance(value, bytes) else value
+        parts = [p.strip(" \x00") for p in text.split("\\")]
+        if not any(parts):
+            return None
+        return np.array([float(p) for p in parts], dtype=np.float64)
+    if isinstance(value, list | tuple) or hasattr(value, "__iter__"):
+        return np.array([float(v) for v in value], dtype=np.float64)
+    return np.array([float(value)], dtype=np.float64)
 
 
 # ------------------------------------------------------------------------------------------
@@ -311,13 +396,11 @@ def _orientation_label(iop: Sequence[float] | None) -> str:
 
 
 def _slice_z(ds: Dataset) -> float | None:
-    ipp = ds.get("ImagePositionPatient", None)
-    if ipp is None or len(ipp) != 3:
-        return None
     try:
-        return float(ipp[2])
-    except (TypeError, ValueError):
+        ipp = raw_floats(ds, "ImagePositionPatient")
+    except ValueError:
         return None
+    return None if ipp is None or ipp.shape != (3,) else float(ipp[2])
 
 
 def discover(root: Path | str, *, keep_headers: bool = False) -> Inventory:
@@ -356,13 +439,14 @@ def discover(root: Path | str, *, keep_headers: bool = False) -> Inventory:
             skipped[read] += 1
             continue
         ds, offset = read
-        sop_class = _str(ds, "SOPClassUID") or str(
+        sop_class = raw_text(ds, "SOPClassUID") or str(
             getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or ""
         )
         if sop_class == _DICOMDIR_CLASS or path.name.upper() == "DICOMDIR":
             skipped["dicomdir"] += 1
             continue
-        study_uid, series_uid = _str(ds, "StudyInstanceUID"), _str(ds, "SeriesInstanceUID")
+        study_uid = raw_text(ds, "StudyInstanceUID")
+        series_uid = raw_text(ds, "SeriesInstanceUID")
         if not study_uid or not series_uid:
             skipped["unreadable"] += 1  # truncated or incomplete header
             continue
@@ -393,6 +477,14 @@ def _series_sort_key(s: SeriesInfo) -> tuple[str, int, str]:
 _Member = tuple[Path, Dataset, int, int | None]
 
 
+def _frames(ds: Dataset) -> int:
+    try:
+        frames = raw_floats(ds, "NumberOfFrames")
+    except ValueError:
+        return 1
+    return 1 if frames is None else int(frames[0])
+
+
 def _series_info(study_uid: str, series_uid: str, members: list[_Member], *,
                  keep_headers: bool) -> SeriesInfo:
     first = members[0][1]
@@ -406,7 +498,7 @@ def _series_info(study_uid: str, series_uid: str, members: list[_Member], *,
         reason = f"not an image series (Modality {modality or '?'})"
     elif sop_class in _ENHANCED_PET:
         reason = "Enhanced / Legacy Converted Enhanced PET (multi-frame) is not supported"
-    elif any(int(ds.get("NumberOfFrames", 1) or 1) > 1 for _, ds, _, _ in members):
+    elif any(_frames(ds) > 1 for _, ds, _, _ in members):
         reason = f"multi-frame images ({_t('NumberOfFrames')} > 1) are not supported"
     elif modality in ("PT", "CT") and iop is None:
         reason = f"{_t('ImageOrientationPatient')} absent"
@@ -590,18 +682,18 @@ def read_series_headers(files: Sequence[Path]) -> list[Dataset]:
 
 
 def _floats(ds: Dataset, kw: str, n: int, path: Path) -> NDArray[np.float64]:
-    v = ds.get(kw, None)
-    if v is None:
+    try:
+        arr = raw_floats(ds, kw)
+    except (TypeError, ValueError) as err:
+        raise DicomError(f"{_t(kw)} = {ds.get_item(kw).value!r} is not numeric.",
+                         path=path) from err
+    if arr is None:
         raise MissingAttributeError(
             f"{_t(kw)} is absent; the slice cannot be placed in space. Re-export the series.",
             path=path,
         )
-    try:
-        arr = np.array([float(x) for x in (v if n > 1 else [v])], dtype=np.float64)
-    except (TypeError, ValueError) as err:
-        raise DicomError(f"{_t(kw)} = {v!r} is not numeric.", path=path) from err
     if arr.shape != (n,) or not np.all(np.isfinite(arr)):
-        raise DicomError(f"{_t(kw)} = {v!r} must hold {n} finite numbers.", path=path)
+        raise DicomError(f"{_t(kw)} = {arr.tolist()} must hold {n} finite numbers.", path=path)
     return arr
 
 
@@ -731,25 +823,30 @@ def slice_geometry(headers: Sequence[Dataset], paths: Sequence[Path], *,
 
 
 def _int(ds: Dataset, kw: str, path: Path) -> int:
-    v = ds.get(kw, None)
+    try:
+        v = raw_floats(ds, kw)
+    except ValueError as err:
+        raise DicomError(f"{_t(kw)} = {raw_text(ds, kw)!r} is not an integer.", path=path
+                         ) from err
     if v is None:
         raise MissingAttributeError(f"{_t(kw)} is absent.", path=path)
-    return int(v)
+    return int(v[0])
 
 
 def _rescale(ds: Dataset, path: Path) -> tuple[float, float]:
-    slope = ds.get("RescaleSlope", None)
-    inter = ds.get("RescaleIntercept", None)
     try:
-        s = 1.0 if slope in (None, "") else float(slope)
-        b = 0.0 if inter in (None, "") else float(inter)
+        slope_a = raw_floats(ds, "RescaleSlope")
+        inter_a = raw_floats(ds, "RescaleIntercept")
     except (TypeError, ValueError) as err:
         raise DicomError(
-            f"{_t('RescaleSlope')} / {_t('RescaleIntercept')} = {slope!r} / {inter!r} are not "
+            f"{_t('RescaleSlope')} / {_t('RescaleIntercept')} = "
+            f"{raw_text(ds, 'RescaleSlope')!r} / {raw_text(ds, 'RescaleIntercept')!r} are not "
             "numeric.", path=path) from err
+    s = 1.0 if slope_a is None else float(slope_a[0])
+    b = 0.0 if inter_a is None else float(inter_a[0])
     if not (np.isfinite(s) and np.isfinite(b)) or s == 0:
         raise DicomError(
-            f"{_t('RescaleSlope')} = {slope!r} is zero or not finite; pixel values cannot be "
+            f"{_t('RescaleSlope')} = {s!r} is zero or not finite; pixel values cannot be "
             "recovered.", path=path)
     return s, b
 
@@ -763,11 +860,17 @@ def _read_native(path: Path, header: Dataset, offset: int, rows: int, columns: i
     """Read uncompressed little-endian pixels directly at ``offset``; None if not applicable."""
     meta = getattr(header, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
-    if ts not in _NATIVE_LE or int(header.get("SamplesPerPixel", 1) or 1) != 1:
+    try:
+        fmt = [raw_floats(header, kw) for kw in ("SamplesPerPixel", "BitsAllocated",
+                                                 "BitsStored", "PixelRepresentation")]
+    except ValueError:
         return None
-    bits = int(header.get("BitsAllocated", 0) or 0)
-    stored_bits = int(header.get("BitsStored", bits) or bits)
-    signed = int(header.get("PixelRepresentation", 0) or 0) == 1
+    samples, bits_a, stored_a, rep = (None if f is None else int(f[0]) for f in fmt)
+    if ts not in _NATIVE_LE or (samples or 1) != 1 or bits_a is None:
+        return None
+    bits = bits_a
+    stored_bits = stored_a or bits
+    signed = rep == 1
     if bits not in (8, 16, 32) or not 0 < stored_bits <= bits:
         return None
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
@@ -919,17 +1022,18 @@ def assemble_volume(
         )
         s, b = slopes[idx], inters[idx]
         if is_int:
-            vals = stored.astype(np.int32)
-            if s != 1:
-                vals *= int(s)
-            if b != 0:
-                vals += int(b)
-            lo, hi = np.iinfo(out.dtype).min, np.iinfo(out.dtype).max
-            if vals.min() < lo or vals.max() > hi:
+            info = np.iinfo(out.dtype)
+            lo = int(stored.min()) * int(s) + int(b)
+            hi = int(stored.max()) * int(s) + int(b)
+            if min(lo, hi) < info.min or max(lo, hi) > info.max:
                 raise DicomError(
-                    f"rescaled values {vals.min()}..{vals.max()} overflow {out.dtype}; pass "
+                    f"rescaled values {min(lo, hi)}..{max(lo, hi)} overflow {out.dtype}; pass "
                     "dtype=numpy.float32.", path=path)
-            out[k] = vals
+            if s == 1:
+                np.add(stored, np.int32(b), out=out[k], casting="unsafe")
+            else:
+                np.multiply(stored, np.int32(s), out=out[k], casting="unsafe")
+                out[k] += int(b)
         else:
             np.multiply(stored, s, out=out[k], casting="unsafe")
             if b != 0:

@@ -96,7 +96,8 @@ def read_nifti(path: Path | str, *, unit: Unit) -> Volume:
     except (OSError, EOFError, ValueError) as err:
         raise NiftiError(f"{path}: cannot read voxel data ({err}); file truncated?") from err
     data = data.reshape(shape[:3])
-    spacing, origin, direction = _ras_affine_to_geometry(np.asarray(img.affine, dtype=np.float64), path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spacing, origin, direction = _ras_affine_to_geometry(affine, path)
     array = np.ascontiguousarray(data.transpose(2, 1, 0))
     return Volume(array=array, spacing=spacing, origin=origin, direction=direction, unit=unit)
 

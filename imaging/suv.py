@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
+from imaging.dicom import raw_text, raw_value
 from imaging.errors import MissingAttributeError, SuvError
 
 __all__ = [
@@ -347,7 +348,7 @@ def _private_value(ds: Dataset, group: int, creator: str, offset: int) -> Any:
 def _header_datetime(
     ds: Dataset, date_kw: str, time_kw: str, path: Path | None
 ) -> datetime | None:
-    date_v, time_v = _get(ds, date_kw), _get(ds, time_kw)
+    date_v, time_v = raw_text(ds, date_kw), raw_text(ds, time_kw)
     if time_v is None or date_v is None:
         return None
     try:
@@ -370,31 +371,43 @@ _SERIES_LEVEL = (
 
 
 def _check_single_series(headers: Sequence[Dataset], paths: Sequence[Path | None] | None) -> None:
-    first = headers[0]
+    """Every instance shares the series-level values of the first (exact text comparison).
+
+    Fast path: instances whose undecoded element bytes equal those of the second instance are
+    equal to it, and the second is compared with the first exactly.
+    """
+    if len(headers) < 2:
+        return
+    _check_instance(headers[0], headers[1], paths, 1)
+    keys = (*_SERIES_LEVEL, "RadiopharmaceuticalInformationSequence")
+    ref = [raw_value(headers[1], kw) for kw in keys]
+    for i, ds in enumerate(headers[2:], start=2):
+        if any(raw_value(ds, kw) != r for kw, r in zip(keys, ref, strict=True)):
+            _check_instance(headers[0], ds, paths, i)
+
+
+def _check_instance(first: Dataset, ds: Dataset, paths: Sequence[Path | None] | None,
+                    i: int) -> None:
     for kw in _SERIES_LEVEL:
-        ref = _get(first, kw)
-        for i, ds in enumerate(headers[1:], start=1):
-            val = _get(ds, kw)
-            if str(val) != str(ref):
-                raise SuvError(
-                    f"{_tag(kw)} = {val!r} differs from {ref!r} in {_where(paths, 0)}; every "
-                    "instance of a PET series must share its series-level attributes. Check "
-                    "that the folder holds one series only.",
-                    path=_where(paths, i),
-                )
-    ref_item = _radiopharm_item(first)
-    for i, ds in enumerate(headers[1:], start=1):
-        item = _radiopharm_item(ds)
-        for kw in ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
-                   "RadiopharmaceuticalStartDateTime"):
-            a = None if ref_item is None else _get(ref_item, kw)
-            b = None if item is None else _get(item, kw)
-            if str(a) != str(b):
-                raise SuvError(
-                    f"{_tag(kw)} = {b!r} differs from {a!r} in {_where(paths, 0)}; every instance "
-                    "of a PET series must share the radiopharmaceutical information.",
-                    path=_where(paths, i),
-                )
+        ref, val = raw_text(first, kw), raw_text(ds, kw)
+        if val != ref:
+            raise SuvError(
+                f"{_tag(kw)} = {val!r} differs from {ref!r} in {_where(paths, 0)}; every "
+                "instance of a PET series must share its series-level attributes. Check "
+                "that the folder holds one series only.",
+                path=_where(paths, i),
+            )
+    ref_item, item = _radiopharm_item(first), _radiopharm_item(ds)
+    for kw in ("RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
+               "RadiopharmaceuticalStartDateTime"):
+        a = None if ref_item is None else raw_text(ref_item, kw)
+        b = None if item is None else raw_text(item, kw)
+        if a != b:
+            raise SuvError(
+                f"{_tag(kw)} = {b!r} differs from {a!r} in {_where(paths, 0)}; every instance "
+                "of a PET series must share the radiopharmaceutical information.",
+                path=_where(paths, i),
+            )
 
 
 def _patient_sex(ds: Dataset, ov: SuvOverrides, path: Path | None, suv_type: str) -> str:
