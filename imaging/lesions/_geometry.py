@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage
 
 __all__: list[str] = []
 
@@ -117,12 +118,114 @@ def bbox_slices(
 
 
 def mask_bbox(mask: NDArray[np.bool_]) -> tuple[slice, slice, slice] | None:
-    """Bounding box of a boolean mask as slices, or ``None`` if it is empty."""
-    out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
+    """Bounding box of a boolean mask as slices, or ``None`` if it is empty.
+
+    One pass over the full array (slices that hold any voxel), the rest on the slab.
+    """
+    hit_k = np.flatnonzero(mask.any(axis=(1, 2)))
+    if hit_k.size == 0:
+        return None
+    slab = mask[hit_k[0]:hit_k[-1] + 1]
+    hit_j = np.flatnonzero(slab.any(axis=(0, 2)))
+    hit_i = np.flatnonzero(slab.any(axis=(0, 1)))
+    return (slice(int(hit_k[0]), int(hit_k[-1]) + 1), slice(int(hit_j[0]), int(hit_j[-1]) + 1),
+            slice(int(hit_i[0]), int(hit_i[-1]) + 1))
+
+
+class Zones:
+    """Masks grown by a radius, evaluated on their bounding boxes and cached per radius.
+
+    ``hits`` answers "is this voxel within r mm of the mask?" for many voxels: either by
+    dilating the mask inside its (grown) bounding box once, or, when there are few voxels, by
+    gathering the mask at ``voxel + offset`` directly. No full-volume morphology is done.
+    """
+
+    def __init__(self, masks: dict[object, NDArray[np.bool_]],
+                 spacing: Sequence[float]) -> None:
+        self._masks = masks
+        self._spacing = tuple(float(s) for s in spacing)
+        self._boxes: dict[object, tuple[slice, slice, slice] | None] = {}
+        self._dilated: dict[tuple[object, float], tuple[NDArray[np.intp],
+                                                        NDArray[np.bool_]]] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._masks
+
+    def keys(self) -> list[object]:
+        """Labels of the masks held."""
+        return list(self._masks)
+
+    def mask(self, key: object) -> NDArray[np.bool_] | None:
+        """The mask itself, or ``None`` if absent."""
+        return self._masks.get(key)
+
+    def bbox(self, key: object) -> tuple[slice, slice, slice] | None:
+        """Bounding box of the (ungrown) mask, cached."""
+        if key not in self._boxes:
+            self._boxes[key] = mask_bbox(self._masks[key])
+        return self._boxes[key]
+
+    def _grown(self, key: object, radius_mm: float
+               ) -> tuple[NDArray[np.intp], NDArray[np.bool_]] | None:
+        cache_key = (key, round(radius_mm, 6))
+        if cache_key in self._dilated:
+            return self._dilated[cache_key]
+        box = self.bbox(key)
+        if box is None:
             return None
-        out.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return (out[0], out[1], out[2])
+        mask = self._masks[key]
+        offs = ball_offsets(radius_mm, self._spacing)
+        reach = np.abs(offs).max(axis=0)
+        lo = np.array([max(s.start - int(r), 0) for s, r in zip(box, reach, strict=True)])
+        hi = np.array([min(s.stop + int(r), n) for s, r, n in zip(box, reach, mask.shape,
+                                                                  strict=True)])
+        crop = np.asarray(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+        struct = np.zeros(tuple(2 * reach + 1), dtype=bool)
+        struct[tuple((offs + reach).T)] = True
+        grown = ndimage.binary_dilation(crop, structure=struct) if len(offs) > 1 else crop
+        self._dilated[cache_key] = (lo, grown)
+        return lo, grown
+
+    def hits(self, key: object, coords: NDArray[np.intp], radius_mm: float) -> NDArray[np.bool_]:
+        """For each ``(k, j, i)`` row of ``coords``: within ``radius_mm`` of the mask?"""
+        out = np.zeros(len(coords), dtype=bool)
+        box = self.bbox(key)
+        if box is None or len(coords) == 0:
+            return out
+        offs = ball_offsets(radius_mm, self._spacing)
+        reach = np.abs(offs).max(axis=0)
+        lo = np.array([s.start for s in box]) - reach
+        hi = np.array([s.stop for s in box]) + reach
+        inside = np.flatnonzero(np.all((coords >= lo) & (coords < hi), axis=1))
+        if inside.size == 0:
+            return out
+        cache_key = (key, round(radius_mm, 6))
+        box_size = int(np.prod(hi - lo))
+        if cache_key not in self._dilated and inside.size * 16 < box_size:
+            out[inside] = gather_any(self._masks[key], coords[inside], offs)
+            return out
+        grown = self._grown(key, radius_mm)
+        assert grown is not None
+        g_lo, arr = grown
+        local = coords[inside] - g_lo
+        ok = np.all((local >= 0) & (local < np.asarray(arr.shape)), axis=1)
+        out[inside[ok]] = arr[tuple(local[ok].T)]
+        return out
+
+    def crop(self, key: object, radius_mm: float,
+             box: tuple[slice, slice, slice]) -> NDArray[np.bool_]:
+        """The grown mask on the crop ``box`` of the full grid."""
+        shape = tuple(s.stop - s.start for s in box)
+        out = np.zeros(shape, dtype=bool)
+        grown = self._grown(key, radius_mm)
+        if grown is None:
+            return out
+        lo, arr = grown
+        src = [slice(max(b.start - int(lo_), 0), min(b.stop - int(lo_), n))
+               for b, lo_, n in zip(box, lo, arr.shape, strict=True)]
+        if any(s.stop <= s.start for s in src):
+            return out
+        dst = [slice(s.start + int(lo_) - b.start, s.stop + int(lo_) - b.start)
+               for s, lo_, b in zip(src, lo, box, strict=True)]
+        out[dst[0], dst[1], dst[2]] = arr[src[0], src[1], src[2]]
+        return out

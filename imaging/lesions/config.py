@@ -35,11 +35,16 @@ _DEFAULT_EXCLUDE: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.BOWEL,
 )
 # Organ-adaptive threshold (domain.md 2.4 step 2): visceral metastases must stay findable.
+# Blood-pool structures are added because their noise tail crosses low fixed thresholds; the
+# organ-adaptive rule there is max(T_soft, mean + 3 SD), which rarely exceeds T_soft.
 _DEFAULT_ADAPTIVE: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.LIVER,
     AnatomyLabel.SPLEEN,
     AnatomyLabel.LUNGS,
     AnatomyLabel.ADRENALS,
+    AnatomyLabel.HEART,
+    AnatomyLabel.AORTA,
+    AnatomyLabel.ILIAC_VESSELS,
 )
 _DEFAULT_EQUIVOCAL_TOUCH: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.URINARY_BLADDER,
@@ -91,21 +96,36 @@ class LesionConfig:
     exclude : tuple of AnatomyLabel
         Hard-excluded organs (domain.md 2.4 step 1).
     exclusion_margin_mm : float
-        Hard-excluded and organ-adaptive masks are grown by this distance to absorb the PET
-        partial-volume spill of the organ [D].
+        Hard-excluded and organ-adaptive masks are grown by this distance (about one PET voxel
+        in-plane, including diagonals) to absorb the PET partial-volume spill of the organ [D].
     adaptive_organs : tuple of AnatomyLabel
-        Organs where the threshold is ``max(T_soft, centre + adaptive_sd_factor x spread)``
+        Organs (liver, spleen, lungs, adrenals; heart and large vessels for their noise tail)
+        where the threshold is ``max(T_soft, centre + adaptive_sd_factor x spread)``
         of the organ's own SUV (robust: median and 1.4826 x MAD) [D, domain.md 2.4 step 2].
-    adaptive_sd_factor : float
-        The 3 of the organ-adaptive threshold [D].
+    adaptive_sd_factor : float or None
+        The k of the organ-adaptive threshold ``centre + k x spread`` [D]. ``None`` (default):
+        ``k = max(3, sqrt(2 ln n))`` for an organ of ``n`` voxels, the expected maximum of ``n``
+        Gaussian noise values (the "universal threshold"), so that noise alone rarely crosses
+        it however large the organ.
+    spill_margin_max_mm : float
+        The margin of a hard-excluded organ grows ring by ring (one voxel) while the median SUV
+        of the next ring still reaches the threshold, up to this distance; what spill remains
+        beyond it is removed by ``spill_drop`` [D].
     spill_drop : bool
-        Drop a component whose SUVmax lies on the rim of an excluded organ's margin: its uptake
-        rises towards the organ, so it is the organ's partial-volume spill, not a focus [D].
+        Remove the partial-volume spill of hard-excluded organs from the components touching
+        them: a watershed on SUV with the organ and the component's own maxima as markers keeps
+        what drains to a maximum of its own and drops what drains to the organ [D].
+    spill_prominence_suv : float
+        Prominence (SUV) a maximum needs to count as a focus of its own next to an organ [D].
     equivocal_touch : tuple of AnatomyLabel
         Lesions within ``equivocal_touch_mm`` of these masks are kept and flagged equivocal
         (domain.md 2.4 step 3).
     equivocal_touch_mm : float
-        Distance (mm) that counts as touching; must exceed the exclusion margin [D].
+        Distance (mm) from the mask that counts as touching (5 mm: the adjacent PET voxels) [D].
+    equivocal_margin_mm : float
+        Exclusion margin of the ``equivocal_touch`` organs (bladder, ureters) when they are also
+        hard-excluded: 0, so that a lesion abutting the bladder keeps its voxels and is reported
+        as equivocal rather than cut away [D].
     ganglion_max_suv, ganglion_max_volume_ml, ganglion_bone_distance_mm : float
         A soft-tissue focus with SUVmax below ``ganglion_max_suv``, smaller than
         ``ganglion_max_volume_ml`` and within ``ganglion_bone_distance_mm`` of the vertebral
@@ -140,12 +160,15 @@ class LesionConfig:
     connectivity: int = 18
     tracer: Tracer = "psma11"
     exclude: tuple[AnatomyLabel, ...] = _DEFAULT_EXCLUDE
-    exclusion_margin_mm: float = 4.0
+    exclusion_margin_mm: float = 6.0
     adaptive_organs: tuple[AnatomyLabel, ...] = _DEFAULT_ADAPTIVE
-    adaptive_sd_factor: float = 3.0
+    adaptive_sd_factor: float | None = None
     spill_drop: bool = True
+    spill_prominence_suv: float = 1.0
     equivocal_touch: tuple[AnatomyLabel, ...] = _DEFAULT_EQUIVOCAL_TOUCH
-    equivocal_touch_mm: float = 8.0
+    equivocal_touch_mm: float = 5.0
+    equivocal_margin_mm: float = 0.0
+    spill_margin_max_mm: float = 12.0
     ganglion_max_suv: float = 4.0
     ganglion_max_volume_ml: float = 0.5
     ganglion_bone_distance_mm: float = 10.0
@@ -188,11 +211,12 @@ class LesionConfig:
             "threshold_suv", "bone_threshold_suv", "qpsma_liver_factor", "percist_liver_factor",
             "percist_blood_pool_factor", "liver_sphere_diameter_mm", "spleen_sphere_diameter_mm",
             "blood_pool_diameter_mm", "blood_pool_length_mm", "suv_peak_volume_ml",
-            "max_plausible_suv", "split_prominence_suv",
+            "max_plausible_suv", "split_prominence_suv", "spill_prominence_suv",
         )
         non_negative = (
             "percist_liver_sd_factor", "percist_blood_pool_sd_factor", "isocontour_margin_mm",
-            "min_volume_ml", "exclusion_margin_mm", "adaptive_sd_factor", "equivocal_touch_mm",
+            "min_volume_ml", "exclusion_margin_mm", "equivocal_touch_mm", "equivocal_margin_mm",
+            "spill_margin_max_mm",
             "ganglion_max_suv", "ganglion_max_volume_ml", "ganglion_bone_distance_mm",
         )
         for name in positive + non_negative:
@@ -202,6 +226,14 @@ class LesionConfig:
             if not math.isfinite(value) or value < 0 or (name in positive and value == 0):
                 need = "positive" if name in positive else "zero or positive"
                 raise ConfigError(f"lesion setting {name} must be {need} and finite, got {value}.")
+        if self.adaptive_sd_factor is not None and (
+                isinstance(self.adaptive_sd_factor, bool)
+                or not isinstance(self.adaptive_sd_factor, int | float)
+                or not math.isfinite(self.adaptive_sd_factor) or self.adaptive_sd_factor < 0):
+            raise ConfigError(
+                f"adaptive_sd_factor must be a finite number >= 0 or None (automatic), got "
+                f"{self.adaptive_sd_factor!r}."
+            )
         for name in ("exclude", "adaptive_organs", "equivocal_touch"):
             labels = getattr(self, name)
             try:
@@ -218,6 +250,12 @@ class LesionConfig:
         """Hard-excluded organs, with the gallbladder added for PSMA-1007."""
         extra = (AnatomyLabel.GALLBLADDER,) if self.tracer == "psma1007" else ()
         return tuple(dict.fromkeys(self.exclude + extra))
+
+    def margin_mm(self, organ: AnatomyLabel) -> float:
+        """Exclusion margin of a hard-excluded organ."""
+        if organ in self.equivocal_touch:
+            return self.equivocal_margin_mm
+        return self.exclusion_margin_mm
 
     @property
     def name(self) -> str:

@@ -17,7 +17,7 @@ Pipeline of :func:`find_lesions` (all on the PET grid):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +30,7 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 from imaging.errors import LesionError
-from imaging.lesions._geometry import ball_offsets, bbox_slices, gather_any
+from imaging.lesions._geometry import Zones, ball_offsets, bbox_slices
 from imaging.lesions.config import LesionConfig
 from imaging.lesions.measures import LesionMeasures, measure_lesions, mipsma, overlap_dict
 from imaging.lesions.reference import ReferenceValues, measure_reference_regions
@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 _SUV_UNITS = ("g/ml", "cm2/ml")
 _MAX_LABEL = int(np.iinfo(np.uint16).max)
 _DEFAULT_CONFIG = LesionConfig()
+# Masks that contain other organs (not neighbours in their own right).
+_BACKGROUND_LABELS = frozenset({AnatomyLabel.BODY, AnatomyLabel.BONE, AnatomyLabel.PROSTATE_FOSSA,
+                                AnatomyLabel.METAL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,9 @@ def _validate_suv(suv: Volume, config: LesionConfig) -> None:
     arr = suv.array
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise LesionError(f"The SUV array has dtype {arr.dtype}; a real numeric type is needed.")
-    if np.issubdtype(arr.dtype, np.floating):
+    vmax = float(arr.max())
+    if np.issubdtype(arr.dtype, np.floating) and not (
+            np.isfinite(vmax) and np.isfinite(float(arr.min()))):
         bad = ~np.isfinite(arr)
         if bad.any():
             n_bad = int(np.count_nonzero(bad))
@@ -206,7 +211,6 @@ def _validate_suv(suv: Volume, config: LesionConfig) -> None:
                 f" = {tuple(int(v) for v in first)} (LPS {np.round(pos, 1).tolist()} mm). "
                 "Fix the reconstruction or SUV conversion; the finder does not guess values."
             )
-    vmax = float(arr.max())
     if vmax > config.max_plausible_suv:
         raise LesionError(
             f"The 'SUV' image has a maximum of {vmax:.6g}, above the plausible SUV limit of "
@@ -397,8 +401,8 @@ def _split_components(
 
 def _isocontour(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
-    config: LesionConfig, excluded: NDArray[np.bool_] | None, excl_offsets: NDArray[np.intp],
-    organ_floor: list[tuple[NDArray[np.bool_], float]], spacing: tuple[float, float, float],
+    config: LesionConfig, zones: Zones, excluded: Mapping[AnatomyLabel, float],
+    organ_floor: list[tuple[AnatomyLabel, float]], spacing: tuple[float, float, float],
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
     """Replace each component by the voxels >= fraction x its SUVmax connected to its maximum.
 
@@ -436,11 +440,11 @@ def _isocontour(
         allowed = _dilated_crop(comp, (slice(0, sub.shape[0]), slice(0, sub.shape[1]),
                                        slice(0, sub.shape[2])), grow)
         allowed &= ~taken[box]
-        if excluded is not None:
-            allowed &= ~_dilated_crop(excluded, box, excl_offsets)
+        for organ in excluded:
+            allowed &= ~zones.crop(organ, excluded[organ], box)
         floor = np.zeros(sub.shape)
         for organ, t_org in organ_floor:
-            zone = _dilated_crop(organ, box, excl_offsets)
+            zone = zones.crop(organ, config.exclusion_margin_mm, box)
             floor[zone] = np.maximum(floor[zone], t_org)
         region = allowed & (sub >= max(frac * float(maxima[c]), 0.0)) & (sub >= floor)
         region[tuple(peak - lo)] = True
@@ -522,31 +526,43 @@ def find_lesions(
         thr = np.where(bone.reshape(-1)[cand], t_bone, t_soft)
     else:
         thr = np.full(cand.size, t_soft)
-    margin = ball_offsets(config.exclusion_margin_mm, suv.spacing)
-    organ_floor: list[tuple[NDArray[np.bool_], float]] = []
+    zones = Zones(dict(masks), suv.spacing)
+    margin_mm = config.exclusion_margin_mm
+    organ_floor: list[tuple[AnatomyLabel, float]] = []
     for organ in config.adaptive_organs:
         m = masks.get(organ)
         if m is None:
             notes.append(f"no {organ.value} mask: no organ-adaptive threshold there")
             continue
-        organ_vals = arr[m]
+        box = zones.bbox(organ)
+        if box is None:
+            continue
+        organ_vals = np.asarray(arr[box])[np.asarray(m[box])]
         if organ_vals.size < 2:
             continue
         centre, spread = _robust_centre_spread(organ_vals)
-        t_org = max(t_soft, centre + config.adaptive_sd_factor * spread)
+        k = config.adaptive_sd_factor
+        if k is None:
+            k = max(3.0, float(np.sqrt(2.0 * np.log(organ_vals.size))))
+        t_org = max(t_soft, centre + k * spread)
         thresholds[f"organ:{organ.value}"] = float(t_org)
-        organ_floor.append((m, t_org))
-        near = gather_any(m, ccoords, margin)
+        organ_floor.append((organ, t_org))
+        near = zones.hits(organ, ccoords, margin_mm)
         thr = np.where(near, np.maximum(thr, t_org), thr)
     keep = cvals >= thr
-    present_excl = [(o, masks[o]) for o in config.excluded_organs if o in masks]
+    excl_present = [o for o in config.excluded_organs if o in masks]
     notes.extend(f"no {o.value} mask: its uptake is not excluded"
                  for o in config.excluded_organs if o not in masks)
-    excluded: NDArray[np.bool_] | None = None
-    if present_excl:
-        excluded = np.logical_or.reduce([m for _, m in present_excl])
+    margins: dict[AnatomyLabel, float] = {}
+    spill_levels: dict[AnatomyLabel, float] = {}
+    for organ in excl_present:
+        margins[organ], spill_levels[organ] = _spill_margin(
+            arr, zones, organ, suv.spacing, base_mm=config.margin_mm(organ), threshold=t_min,
+            max_mm=config.spill_margin_max_mm, organ_floor=dict(organ_floor),
+            adaptive_margin_mm=margin_mm, excluded_organs=excl_present)
+        thresholds[f"margin_mm:{organ.value}"] = margins[organ]
         idx = np.flatnonzero(keep)
-        keep[idx[gather_any(excluded, ccoords[idx], margin)]] = False
+        keep[idx[zones.hits(organ, ccoords[idx], margins[organ])]] = False
     fg = cand[keep]
     del ccoords, cvals, thr, cand, keep
 
@@ -555,14 +571,16 @@ def find_lesions(
     fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
 
     # 3. Organ spill-over next to hard-excluded organs (peak on the excluded organ's rim).
-    if excluded is not None and n and config.spill_drop:
-        fg, lab, n = _remove_spill(arr, fg, lab, n, excluded, suv.spacing, config)
+    touched: dict[AnatomyLabel, NDArray[np.intp]] = {}
+    if excl_present and n and config.spill_drop:
+        fg, lab, n, touched = _remove_spill(arr, fg, lab, n, zones, margins, suv.spacing, config)
+        fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
 
     # 4. Optional split and isocontour refinement.
     if config.split and n:
         lab, n = _split_components(arr, fg, lab, n, config)
     if config.isocontour_fraction is not None and n:
-        fg, lab, n = _isocontour(arr, fg, lab, n, config, excluded, margin, organ_floor,
+        fg, lab, n = _isocontour(arr, fg, lab, n, config, zones, margins, organ_floor,
                                  suv.spacing)
         fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
     if n > _MAX_LABEL:
@@ -590,7 +608,7 @@ def find_lesions(
                            peak_volume_ml=config.suv_peak_volume_ml)
 
     # 6. Equivocal flags, miPSMA.
-    reasons = _equivocal_reasons(suv, fg, lab, n, meas, masks, config)
+    reasons = _equivocal_reasons(suv, fg, lab, n, meas, zones, config, margins, touched)
     scores, indices = mipsma(meas.suv_max, reference, tracer=config.tracer)
     lesions = tuple(
         Lesion(
@@ -642,65 +660,171 @@ def _max_voxels(
     return np.asarray(order[starts], dtype=np.intp)
 
 
+def _spill_margin(
+    arr: NDArray[np.floating], zones: Zones, organ: AnatomyLabel,
+    spacing: tuple[float, float, float], *, base_mm: float, threshold: float, max_mm: float,
+    organ_floor: Mapping[AnatomyLabel, float], adaptive_margin_mm: float,
+    excluded_organs: Sequence[AnatomyLabel],
+) -> tuple[float, float]:
+    """Exclusion margin (mm) of a hard-excluded organ, grown to cover its partial-volume spill.
+
+    Starting from ``base_mm``, the margin grows one ring (the smallest voxel spacing) at a time
+    while the median SUV of the next ring outside the organ still reaches the local threshold
+    (``threshold``, or an organ-adaptive threshold near liver, spleen, ...), up to
+    ``max_mm``: a hot organ (bladder, kidneys) gets a wider margin than a cooler one. Also
+    returns the spill level: the 99th percentile of SUV in the ring just outside the margin.
+    Rings leave out voxels of other hard-excluded organs.
+    """
+    box = zones.bbox(organ)
+    mask = zones.mask(organ)
+    if box is None or mask is None or max_mm <= base_mm:
+        return base_mm, 0.0
+    reach = np.ceil(max_mm / np.asarray(spacing)).astype(int) + 1
+    lo = [max(s.start - int(r), 0) for s, r in zip(box, reach, strict=True)]
+    hi = [min(s.stop + int(r), n) for s, r, n in zip(box, reach, mask.shape, strict=True)]
+    sl = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    crop = np.asarray(mask[sl])
+    values = np.asarray(arr[sl])
+    level = float(np.percentile(values[crop], 99)) if crop.any() else 0.0
+    if level < threshold:  # a cool organ (median far below) cannot spill above the threshold
+        return base_mm, level
+    dist = ndimage.distance_transform_edt(~crop, sampling=spacing)
+    # Rings are judged against the local threshold: inside an organ-adaptive zone (a liver next
+    # to a kidney) that organ's threshold; voxels of other excluded organs are left out.
+    floor = np.full(crop.shape, float(threshold))
+    other = np.zeros(crop.shape, dtype=bool)
+    for key in zones.keys():
+        if key == organ or key in _BACKGROUND_LABELS:
+            continue
+        if key in organ_floor:
+            zone = zones.crop(key, adaptive_margin_mm, sl)
+            floor[zone] = np.maximum(floor[zone], organ_floor[key])
+        elif key in excluded_organs:
+            m = zones.mask(key)
+            if m is not None:
+                other |= np.asarray(m[sl])
+    excess = values - floor
+    step = min(spacing)
+    margin = base_mm
+    level = 0.0
+    while True:
+        ring = (dist > margin + 1e-6) & (dist <= margin + step + 1e-6) & ~other
+        if not ring.any():
+            break
+        level = float(np.percentile(values[ring], 99))
+        if margin >= max_mm or float(np.median(excess[ring])) < 0:
+            break
+        margin = min(margin + step, max_mm)
+    return float(margin), level
+
+
 def _remove_spill(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
-    excluded: NDArray[np.bool_], spacing: tuple[float, float, float], config: LesionConfig,
-) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
-    """Drop components whose SUVmax lies on the rim of the hard-excluded zone.
+    zones: Zones, excluded: Mapping[AnatomyLabel, float], spacing: tuple[float, float, float],
+    config: LesionConfig,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int, dict[AnatomyLabel, NDArray[np.intp]]]:
+    """Remove the partial-volume spill of hard-excluded organs from the components touching them.
 
-    Such a component is an excluded organ's partial-volume spill (its uptake rises towards the
-    organ), not a focus of its own; a real lesion next to the organ has its maximum inside it.
+    For each component within one voxel of an excluded organ's zone (mask + margin), a
+    marker-based watershed on -SUV runs over the component and the zone: one marker is the
+    zone, the others the component's own SUV maxima (h-maxima, prominence
+    ``spill_prominence_suv``) away from the zone. Voxels that drain towards the organ are its
+    spill and are removed; a lesion next to the organ keeps the voxels that drain to its own
+    maximum. A component without a maximum of its own is removed entirely. Also returns, per
+    organ, the flat indices of the kept voxels of components that touched its zone.
     """
-    peaks = _max_voxels(arr, fg, lab)
-    peak_coords = np.stack(np.unravel_index(fg[peaks], arr.shape), axis=1).astype(np.intp)
-    rim = ball_offsets(config.exclusion_margin_mm + max(spacing) * 1.01, spacing)
-    on_rim = gather_any(excluded, peak_coords, rim)
-    if not on_rim.any():
-        return fg, lab, n
-    drop = np.zeros(n + 1, dtype=bool)
-    drop[lab[peaks[on_rim]]] = True
-    keep_lab = ~drop
-    keep_lab[0] = False
-    lut = np.zeros(n + 1, dtype=np.intp)
-    lut[keep_lab] = np.arange(1, int(keep_lab.sum()) + 1)
-    sel = keep_lab[lab]
-    logger.debug("dropped %d organ spill-over component(s)", int(drop.sum()))
-    return fg[sel], lut[lab[sel]], int(keep_lab.sum())
+    step = max(spacing) * 1.01
+    coords = np.stack(np.unravel_index(fg, arr.shape), axis=1).astype(np.intp)
+    touching = np.zeros(n + 1, dtype=bool)
+    touched_by: dict[AnatomyLabel, NDArray[np.bool_]] = {}
+    for organ, margin in excluded.items():
+        near = zones.hits(organ, coords, margin + step)
+        if near.any():
+            per_label = np.zeros(n + 1, dtype=bool)
+            per_label[lab[near]] = True
+            touched_by[organ] = per_label
+            touching |= per_label
+    touching[0] = False
+    ids = np.flatnonzero(touching)
+    if ids.size == 0:
+        return fg, lab, n, {}
+    conn = {6: 1, 18: 2, 26: 3}[config.connectivity]
+    remove = np.zeros(len(fg), dtype=bool)
+    order = np.argsort(lab, kind="stable")
+    bounds = np.searchsorted(lab[order], np.arange(n + 2))
+    for c in ids:
+        members = order[bounds[c]:bounds[c + 1]]
+        pts = coords[members]
+        box = bbox_slices(pts, arr.shape, (1, 1, 1))
+        lo = np.array([s.start for s in box])
+        local = pts - lo
+        comp = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+        comp[tuple(local.T)] = True
+        zone = np.zeros_like(comp)
+        for organ, margin in excluded.items():
+            zone |= zones.crop(organ, margin, box)
+        zone &= ~comp
+        rim = np.zeros_like(comp)
+        for organ, margin in excluded.items():
+            rim |= zones.crop(organ, margin + step, box)
+        img = np.asarray(arr[box], dtype=np.float64)
+        peaks = h_maxima(np.where(comp, img, 0.0), config.spill_prominence_suv) & comp & ~rim
+        own, n_own = cc3d.connected_components(peaks, connectivity=26, return_N=True)
+        if n_own == 0:
+            remove[members] = True
+            continue
+        markers = np.where(zone, 1, 0).astype(np.int32)
+        markers[own > 0] = own[own > 0].astype(np.int32) + 1
+        ws = watershed(-img, markers=markers, mask=comp | zone, connectivity=conn)
+        remove[members] = ws[tuple(local.T)] == 1
+    keep = ~remove
+    touched = {organ: fg[keep & per_label[lab]] for organ, per_label in touched_by.items()}
+    if not remove.any():
+        return fg, lab, n, touched
+    logger.debug("removed %d organ spill-over voxel(s)", int(remove.sum()))
+    fg = fg[keep]
+    new_lab, new_n = _components(fg, arr.shape, config.connectivity)
+    return fg, new_lab, new_n, touched
 
 
 def _equivocal_reasons(
     suv: Volume, fg: NDArray[np.intp], lab: NDArray[np.intp], n: int, meas: LesionMeasures,
-    masks: Mapping[AnatomyLabel, NDArray[np.bool_]], config: LesionConfig,
+    zones: Zones, config: LesionConfig, margins: Mapping[AnatomyLabel, float],
+    touched: Mapping[AnatomyLabel, NDArray[np.intp]],
 ) -> list[str | None]:
     """Why each lesion is equivocal (``None`` if it is not)."""
     reasons: list[list[str]] = [[] for _ in range(n)]
     coords = np.stack(np.unravel_index(fg, suv.shape), axis=1).astype(np.intp)
-    touch = ball_offsets(config.equivocal_touch_mm, suv.spacing)
     for organ in config.equivocal_touch:
-        m = masks.get(organ)
-        if m is None:
+        if organ not in zones:
             continue
-        near = gather_any(m, coords, touch)
+        # Touching = within equivocal_touch_mm of the organ's excluded zone (mask + margin).
+        reach = margins.get(organ, 0.0) + config.equivocal_touch_mm
+        near = zones.hits(organ, coords, reach)
+        if organ in touched:  # was joined to the organ's spill before that was removed
+            near |= np.isin(fg, touched[organ])
         hit = np.bincount(lab[near], minlength=n + 1)[1:] > 0
         for i in np.flatnonzero(hit):
-            reasons[i].append(f"within {config.equivocal_touch_mm:g} mm of {organ.value}")
-    bone = masks.get(AnatomyLabel.BONE)
+            reasons[i].append(f"touches {organ.value}")
+    bone = zones.mask(AnatomyLabel.BONE)
     if bone is not None and config.ganglion_max_suv > 0:
         cand = (meas.suv_max < config.ganglion_max_suv) & (
             meas.volume_ml < config.ganglion_max_volume_ml)
-        liver = masks.get(AnatomyLabel.LIVER)
-        if liver is not None and liver.any():
+        box = zones.bbox(AnatomyLabel.LIVER) if AnatomyLabel.LIVER in zones else None
+        if box is not None:
             # Cervical, stellate and coeliac ganglia lie above the lower liver edge; pelvic
             # nodes next to the pelvic bones must not be caught by this rule.
-            z_low = suv.index_to_world(np.argwhere(liver)[:, :3])[:, 2].min()
+            corners = np.array([[k, j, i] for k in (box[0].start, box[0].stop - 1)
+                                for j in (box[1].start, box[1].stop - 1)
+                                for i in (box[2].start, box[2].stop - 1)], dtype=np.float64)
+            z_low = suv.index_to_world(corners)[:, 2].min()
             cand &= meas.centroid_mm[:, 2] >= z_low
         cand_ids = np.flatnonzero(cand) + 1
         if cand_ids.size:
             sel = np.isin(lab, cand_ids)
             in_bone = np.bincount(lab[sel], weights=bone.reshape(-1)[fg[sel]],
                                   minlength=n + 1)[1:]
-            near = gather_any(bone, coords[sel],
-                              ball_offsets(config.ganglion_bone_distance_mm, suv.spacing))
+            near = zones.hits(AnatomyLabel.BONE, coords[sel], config.ganglion_bone_distance_mm)
             near_cnt = np.bincount(lab[sel][near], minlength=n + 1)[1:]
             for i in cand_ids - 1:
                 if in_bone[i] == 0 and near_cnt[i] > 0:
