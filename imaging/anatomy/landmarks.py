@@ -69,7 +69,7 @@ def _block_reduce_any(mask: NDArray[np.bool_], f: int) -> NDArray[np.bool_]:
 
 
 def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, lung_bottom_z: float | None,
-                   frame: PelvisFrame) -> None:
+                   frame: PelvisFrame, config: AnatomyConfig) -> None:
     s = grid.spacing_mm
     xs, zs = grid.x_mm(), grid.z_mm()
     zlo, zhi = zs[0], zs[-1]
@@ -106,7 +106,9 @@ def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, lung_bottom_z: floa
         near = local >= top - 1.0
         centre = np.array(ndi.center_of_mass(near)) if near.any() else peak
         zyx = centre + np.array([sl[0].start, sl[1].start, sl[2].start])
-        results[side] = (grid.to_world(zyx), float(top * s))
+        pos = grid.to_world(zyx)
+        pos[0] += sign * config.femoral_head_lateral_correction_mm
+        results[side] = (pos, float(top * s))
     # hip prostheses: metal in the hip region replaces the femoral head
     if t.metal.any():
         mlab, mn = cc3d.connected_components(t.metal, connectivity=26, return_N=True)
@@ -153,7 +155,7 @@ def _symphysis(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
     fh = np.mean(np.array(heads_found), axis=0)
     xs, ys, zs = grid.x_mm(), grid.y_mm(), grid.z_mm()
     zsel = (zs >= fh[2] - 70.0) & (zs <= fh[2] + 30.0)
-    xsel = np.abs(xs - frame.x_mid_mm) <= 15.0
+    xsel = np.abs(xs - frame.x_mid_mm) <= 10.0
     ysel = ys < fh[1] - 15.0
     strip = t.bone[np.ix_(zsel, ysel, xsel)]
     present = strip.any(axis=(1, 2))
@@ -168,9 +170,9 @@ def _symphysis(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
     lo, hi = run[0], run[-1]
     s = grid.spacing_mm
     ysub = ys[ysel]
+    jj_run = np.nonzero(strip[lo:hi + 1])[1]
     for lm, k in ((LM.PUBIC_SYMPHYSIS_SUPERIOR, hi), (LM.PUBIC_SYMPHYSIS_INFERIOR, lo)):
-        jj = np.nonzero(strip[k])[0]
-        y = float(ysub[jj].mean())
+        y = float(ysub[jj_run].mean())
         z = float(zsub[k]) + (s / 2 if k == hi else -s / 2) * 0.0
         conf = 0.85 if len(run) * s >= 20.0 else 0.5
         frame.landmarks[lm] = _found((frame.x_mid_mm, y, z), conf, "bone",
@@ -219,13 +221,35 @@ def _sacrum(t: Tissues, grid: WorkGrid, frame: PelvisFrame, fh_z: float, fh_y: f
     conf, method = 0.8, "bone"
     reason = "top of the sacrum below the L5/S1 disc, anterior surface"
     if top is None:
+        # no disc gap (fused or thin discs): the promontory is where the anterior surface,
+        # sloping forward up the sacrum, turns into the upright lumbar column
+        top = _kink(front[start:stop], s)
+        conf, reason = 0.6, ("no L5/S1 disc gap: where the forward-sloping sacral surface meets "
+                             "the upright lumbar column")
+    if top is None:
         frame.landmarks[LM.SACRAL_PROMONTORY] = _missing(
-            "no L5/S1 disc gap found in the midline spine above the femoral heads")
+            "neither an L5/S1 disc gap nor a sacral slope found in the midline spine above the "
+            "femoral heads")
         return
     k = start + top
-    y = front[k]
+    above = front[k + 1:k + 1 + max(2, round(12.0 / s))]
+    y = float(np.nanmin(above)) if np.isfinite(above).any() else front[k]
     frame.landmarks[LM.SACRAL_PROMONTORY] = _found((frame.x_mid_mm, float(y), float(zs[k])),
                                                    conf, method, reason)
+
+
+def _kink(front: NDArray[np.float64], spacing: float) -> int | None:
+    """First index from which the anterior spine surface stays upright for >= 24 mm."""
+    n = max(2, round(24.0 / spacing))
+    if front.size < n + 3 or not np.isfinite(front).any():
+        return None
+    f = np.where(np.isfinite(front), front, np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(f, n)
+    upright = (windows.max(axis=1) - windows.min(axis=1)) <= 3.0
+    moving_below = np.zeros_like(upright)
+    moving_below[2:] = (f[:-n - 1][: upright.size - 2] - f[2:upright.size]) >= 4.0
+    cand = np.flatnonzero(upright & moving_below & np.isfinite(windows).all(axis=1))
+    return int(cand[0]) - 1 if cand.size else None
 
 
 def _crests(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
@@ -286,7 +310,7 @@ def find_landmarks(t: Tissues, grid: WorkGrid, *, config: AnatomyConfig) -> Pelv
             "lowest slice where the lungs reach a fifth of their largest area (dome estimate)")
     else:
         frame.landmarks[LM.LIVER_DOME] = _missing("no lungs in the CT")
-    _femoral_heads(t, grid, x_mid, lung_bottom, frame)
+    _femoral_heads(t, grid, x_mid, lung_bottom, frame, config)
     heads = [frame.landmarks[lm].position_mm for lm in (LM.FEMORAL_HEAD_LEFT,
                                                          LM.FEMORAL_HEAD_RIGHT)]
     found = [h for h in heads if h is not None]
@@ -333,7 +357,8 @@ def _vessel_estimates(frame: PelvisFrame, config: AnatomyConfig) -> None:
             config.intercristal_to_aortic_bifurcation_mm
         y = _front_at(frame, z, default=prom[1] if prom else None)
         frame.landmarks[LM.AORTIC_BIFURCATION] = (
-            _found((frame.x_mid_mm, (y if y is not None else 0.0)
+            _found((frame.x_mid_mm + config.aortic_bifurcation_left_mm,
+                    (y if y is not None else 0.0)
                     - config.aortic_bifurcation_anterior_mm, z), 0.5,
                    "intercristal_plane", "no vessel mask: estimated at the intercristal plane "
                    "(about L4), anterior to the spine") if y is not None

@@ -92,10 +92,11 @@ class AnatomyConfig:
     lung_min_ml: float = 300.0
     trachea_max_area_cm2: float = 12.0
     # bone
-    bone_hu: float = 150.0
+    bone_hu: float = 120.0
     bone_closing_mm: float = 3.0
+    bone_edge_hu: float = 0.0
     bone_min_ml: float = 5.0
-    bone_min_peak_hu: float = 400.0
+    bone_min_peak_hu: float = 300.0
     marrow_fill_max_cm2: float = 40.0
     marrow_min_hu: float = 60.0
     metal_hu: float = 2500.0
@@ -114,19 +115,24 @@ class AnatomyConfig:
     fossa_bladder_wall_mm: float = 15.0
     fossa_obturator_internus_mm: float = 15.0
     # nodal regions (domain.md 3.4)
-    intercristal_to_aortic_bifurcation_mm: float = 0.0
+    intercristal_to_aortic_bifurcation_mm: float = -5.0
     presacral_half_width_mm: float = 20.0
     presacral_depth_mm: float = 20.0
     retroperitoneal_half_width_mm: float = 80.0
-    inguinal_above_femoral_head_mm: float = 15.0
-    inguinal_anterior_mm: float = 20.0
-    inguinal_min_lateral_mm: float = 45.0
-    external_internal_split_mm: float = 15.0
-    obturator_above_femoral_head_mm: float = 20.0
-    promontory_to_s3_mm: float = 60.0
+    inguinal_top_rel_femoral_head_mm: float = -30.0
+    inguinal_depth_mm: float = 200.0
+    inguinal_anterior_mm: float = 0.0
+    inguinal_min_lateral_mm: float = 40.0
+    external_internal_split_mm: float = 5.0
+    obturator_above_femoral_head_mm: float = 10.0
+    obturator_front_mm: float = 25.0
+    obturator_back_mm: float = 12.0
+    promontory_to_s3_mm: float = 55.0
     promontory_to_common_iliac_bifurcation_mm: float = 14.0
     common_iliac_bifurcation_lateral_mm: float = 44.0
     aortic_bifurcation_anterior_mm: float = 20.0
+    aortic_bifurcation_left_mm: float = 7.0
+    femoral_head_lateral_correction_mm: float = 10.0
     perirectal_half_width_mm: float = 35.0
     perirectal_depth_mm: float = 60.0
 

@@ -93,12 +93,11 @@ def plot_anatomy_overlay(ct: Volume, anatomy: AnatomyMap, path: Path | str, *,
                         xytext=(4, 3), textcoords="offset points")
         if anatomy.pelvic_boundary_z_mm is not None:
             ax.axhline(anatomy.pelvic_boundary_z_mm, color="red", lw=0.8, ls="--")
-        ax.set_title(f"{name} ({'x' if axis == 0 else 'y'} = "
-                     f"{(y_cor if axis == 0 else x_mid):.0f} mm)" if False else name)
+        ax.set_title(f"{name} at {'y' if axis == 0 else 'x'} = "
+                     f"{(y_cor if axis == 0 else x_mid):.0f} mm")
         ax.set_xlabel("x (mm, patient left +)" if axis == 0 else "y (mm, posterior +)")
         ax.set_ylabel("z (mm, superior +)")
-        if axis == 0:
-            ax.invert_xaxis()  # radiological convention: patient right on the viewer's left
+        # radiological convention: patient right (-x) on the viewer's left, anterior left
     present = sorted({names[v] for v in np.unique(labels) if v in names and v != 1})
     handles = [Patch(color=lut[ANATOMY_LABEL_VALUES[n]], label=n) for n in present
                if lut[ANATOMY_LABEL_VALUES[n]] != "none"]

@@ -117,20 +117,25 @@ def nodal_regions(t: Tissues, grid: WorkGrid, frame: PelvisFrame, *,
     sym_inf = frame.z(LM.PUBIC_SYMPHYSIS_INFERIOR) or fh[2] - 55.0
     prom = frame.landmarks[LM.SACRAL_PROMONTORY].position_mm
     prom_z = prom[2] if prom is not None else z_cib + 14.0
-    pelvis_floor = sym_inf - 20.0
+    pelvis_floor = min(sym_inf - 20.0, fh[2] + config.inguinal_top_rel_femoral_head_mm)
     lateral_limit = 150.0
     # common iliac: between the two bifurcations
     ci = (zz <= z_ab) & (zz > z_cib) & (np.abs(dx) <= lateral_limit) & (yy >= spine - 90.0)
     put(R.COMMON_ILIAC_LEFT, ci & left, "between the aortic and common-iliac bifurcations, left")
     put(R.COMMON_ILIAC_RIGHT, ci & ~left, "between the aortic and common-iliac bifurcations, "
         "right")
-    # true pelvis below the common-iliac bifurcation
-    pelvis = (zz <= z_cib) & (zz >= pelvis_floor) & (np.abs(dx) <= lateral_limit)
-    y_split = fh[1] - config.external_internal_split_mm
+    # true pelvis below the common-iliac bifurcation: anterior (external iliac), posterior
+    # (internal iliac), and the obturator band at acetabular level between them
+    z_groin = fh[2] + config.inguinal_top_rel_femoral_head_mm
+    pelvis = (zz <= z_cib) & (zz > z_groin) & (np.abs(dx) <= lateral_limit)
     z_obt_top = fh[2] + config.obturator_above_femoral_head_mm
-    ext = pelvis & (yy < y_split) & (zz > z_obt_top)
-    intl = pelvis & (yy >= y_split) & (zz > z_obt_top)
-    obt = pelvis & (zz <= z_obt_top)
+    y_split = fh[1] - config.external_internal_split_mm
+    y_obt_front = fh[1] - config.obturator_front_mm
+    y_obt_back = fh[1] + config.obturator_back_mm
+    low = zz <= z_obt_top
+    ext = pelvis & np.where(low, yy < y_obt_front, yy < y_split)
+    obt = pelvis & low & (yy >= y_obt_front) & (yy < y_obt_back)
+    intl = pelvis & ~ext & ~obt
     put(R.EXTERNAL_ILIAC_LEFT, ext & left, "below the common-iliac bifurcation, anterolateral")
     put(R.EXTERNAL_ILIAC_RIGHT, ext & ~left, "below the common-iliac bifurcation, anterolateral")
     put(R.INTERNAL_ILIAC_LEFT, intl & left, "below the common-iliac bifurcation, posterolateral")
@@ -146,7 +151,7 @@ def nodal_regions(t: Tissues, grid: WorkGrid, frame: PelvisFrame, *,
     peri = (zz < s3) & (zz >= pelvis_floor) & (np.abs(dx) <= config.perirectal_half_width_mm) & (
         yy >= back - config.perirectal_depth_mm) & (yy <= back + 5.0)
     put(R.PERIRECTAL, peri, "mesorectum: midline, in front of the sacrum / coccyx below S3")
-    ing = (zz <= fh[2] + config.inguinal_above_femoral_head_mm) & (
+    ing = (zz <= z_groin) & (zz >= z_groin - config.inguinal_depth_mm) & (
         yy < fh[1] - config.inguinal_anterior_mm) & (np.abs(dx) >= config.inguinal_min_lateral_mm)
     put(R.INGUINAL_LEFT, ing & left, "groin: below the inguinal ligament level, anterior")
     put(R.INGUINAL_RIGHT, ing & ~left, "groin: below the inguinal ligament level, anterior")

@@ -48,11 +48,13 @@ def fill_holes_per_slice(mask: NDArray[np.bool_]) -> tuple[NDArray[np.bool_], ND
 
     Returns the filled mask and the hole labels (0 outside holes; each 2-D hole its own label).
     """
-    background, _ = ndi.label(~mask, structure=_INPLANE)
+    background, n = ndi.label(~mask, structure=_INPLANE)
     border = np.unique(np.concatenate([
         background[:, 0, :].ravel(), background[:, -1, :].ravel(),
         background[:, :, 0].ravel(), background[:, :, -1].ravel()]))
-    outside = np.isin(background, border)
+    lut = np.zeros(n + 1, dtype=bool)
+    lut[border] = True
+    outside = lut[background]
     holes = ~mask & ~outside
     background[~holes] = 0
     return mask | holes, background
@@ -157,17 +159,22 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
             mean >= config.marrow_min_hu)
         ok[0] = False
         bone = bone | ok[holes]
+    if config.bone_edge_hu > config.bone_hu:
+        # partial-volume rim: outer voxels that are mostly soft tissue
+        edge = bone & ~_erode(bone, (1, 3, 3))
+        bone &= ~(edge & (hu < config.bone_edge_hu))
     blab, bn = cc3d.connected_components(bone, connectivity=26, return_N=True)
     if bn:
         bsz = np.bincount(blab.ravel())
-        peak = ndi.maximum(hu, blab, np.arange(bn + 1))
+        peaked = np.zeros(bn + 1, dtype=bool)
+        peaked[np.unique(blab[hu >= config.bone_min_peak_hu])] = True
         # pieces cut by the first or last slice of the scan are judged as if whole
         cut = np.zeros(bn + 1, dtype=bool)
         cut[np.unique(blab[[0, -1]])] = True
         good = ((bsz * voxel_ml >= config.bone_min_ml) | cut) & (
-            np.asarray(peak) >= config.bone_min_peak_hu)
+            peaked)
         good[0] = False
-        if np.any(~good[1:] & (np.asarray(peak)[1:] < config.bone_min_peak_hu)
+        if np.any(~good[1:] & ~peaked[1:]
                   & (bsz[1:] * voxel_ml >= config.bone_min_ml)):
             notes["bone"] = ("dense components without a bone peak (contrast) were left out "
                              "of bone")
@@ -188,7 +195,9 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
             # components that reach the top of the scan and widen cranially
             chosen = _partial_lungs(alab, asz, voxel_ml, body)
         if chosen:
-            lungs = np.isin(alab, chosen)
+            lut = np.zeros(an + 1, dtype=bool)
+            lut[chosen] = True
+            lungs = lut[alab]
             area = lungs.sum(axis=(1, 2)) * spacing_mm**2 / 100.0
             zs = np.flatnonzero(area > 0)
             top = zs[-1]

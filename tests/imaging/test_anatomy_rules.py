@@ -1,0 +1,195 @@
+"""Rule-based anatomy on analytic volumes with known answers (no phantom generator needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imaging.anatomy import AnatomyConfig, AnatomyMap, label_anatomy
+from imaging.anatomy.model import LandmarkFinding
+from imaging.errors import AnatomyError, ConfigError
+from imaging.volume import Volume
+from imaging.vocabulary import ANATOMY_LABEL_VALUES, AnatomyLabel, Landmark, NodalRegion
+
+SPACING = (4.0, 4.0, 4.0)
+
+
+def _torso(*, flip_z: bool = False, flip_x: bool = False) -> tuple[Volume, dict[str, float]]:
+    """A 320 x 240 x 300 mm torso: soft-tissue cylinder, spine rod, two lungs, couch plate.
+
+    Built on an ascending LPS grid (x, y, z) and then stored in HFS (z descending) or FFS
+    (x flipped) array order, so both orientations describe the same physical object.
+    """
+    xs = np.arange(-160, 160, SPACING[2]) + 2.0
+    ys = np.arange(-120, 140, SPACING[1]) + 2.0
+    zs = np.arange(0, 300, SPACING[0]) + 2.0
+    z, y, x = np.meshgrid(zs, ys, xs, indexing="ij")
+    hu = np.full(z.shape, -1000.0, dtype=np.float32)
+    body = (x / 150.0) ** 2 + (y / 100.0) ** 2 <= 1.0
+    hu[body] = 40.0
+    for cx in (-70.0, 70.0):  # lungs in the upper 120 mm
+        lung = ((x - cx) / 50.0) ** 2 + ((y + 5) / 60.0) ** 2 + ((z - 220.0) / 70.0) ** 2 <= 1
+        hu[lung] = -850.0
+    spine = ((x / 18.0) ** 2 + ((y - 60.0) / 18.0) ** 2 <= 1.0)
+    hu[spine] = 250.0  # marrow
+    cortex = spine & ~((x / 13.0) ** 2 + ((y - 60.0) / 13.0) ** 2 <= 1.0)
+    hu[cortex] = 900.0
+    couch = (y >= 112.0) & (y <= 124.0) & (np.abs(x) <= 150)
+    hu[couch] = 300.0
+    arr = hu
+    origin = [xs[0], ys[0], zs[0]]
+    direction = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    if flip_z:
+        arr = arr[::-1]
+        origin[2] = zs[-1]
+        direction[:, 0] = [0.0, 0.0, -1.0]
+    if flip_x:
+        arr = arr[:, :, ::-1]
+        origin[0] = xs[-1]
+        direction[:, 2] = [-1.0, 0.0, 0.0]
+    vol = Volume(np.ascontiguousarray(arr), spacing=SPACING, origin=tuple(origin),
+                 direction=direction, unit="HU")
+    truth = {"lung_ml": float(np.count_nonzero(hu == -850.0)) * 0.064,
+             "bone_ml": float(np.count_nonzero(spine)) * 0.064,
+             "body_ml": float(np.count_nonzero(body)) * 0.064}
+    return vol, truth
+
+
+@pytest.fixture(scope="module")
+def torso() -> tuple[Volume, dict[str, float], AnatomyMap]:
+    ct, truth = _torso()
+    return ct, truth, label_anatomy(ct)
+
+
+def test_body_lungs_bone_volumes_match_the_analytic_torso(torso) -> None:
+    ct, truth, anatomy = torso
+    vox = ct.voxel_volume_ml
+    assert anatomy.mask(AnatomyLabel.BODY).sum() * vox == pytest.approx(truth["body_ml"],
+                                                                        rel=0.05)
+    assert anatomy.mask(AnatomyLabel.LUNGS).sum() * vox == pytest.approx(truth["lung_ml"],
+                                                                         rel=0.1)
+    assert anatomy.mask(AnatomyLabel.BONE).sum() * vox == pytest.approx(truth["bone_ml"],
+                                                                        rel=0.25)
+
+
+def test_couch_is_not_body(torso) -> None:
+    ct, _, anatomy = torso
+    couch_point = (0.0, 118.0, 150.0)
+    k, j, i = np.rint(ct.world_to_index(couch_point)).astype(int)
+    assert ct.array[k, j, i] == 300.0
+    assert not anatomy.mask(AnatomyLabel.BODY)[k, j, i]
+    assert AnatomyLabel.BODY in anatomy.labels_at_point((0.0, 0.0, 150.0)).labels
+
+
+@pytest.mark.parametrize(("flip_z", "flip_x"), [(True, False), (False, True), (True, True)])
+def test_result_is_the_same_in_physical_space_for_any_orientation(torso, flip_z: bool,
+                                                                  flip_x: bool) -> None:
+    _, _, ref = torso
+    ct, _ = _torso(flip_z=flip_z, flip_x=flip_x)
+    other = label_anatomy(ct)
+    for point in [(-70.0, 0.0, 220.0), (70.0, 0.0, 220.0), (0.0, 60.0, 100.0),
+                  (0.0, -60.0, 100.0), (0.0, 118.0, 150.0)]:
+        assert other.labels_at_point(point).labels == ref.labels_at_point(point).labels, point
+
+
+def test_results_come_on_the_reference_grid(torso) -> None:
+    ct, _, _ = torso
+    pet = Volume(np.zeros((50, 40, 50), dtype=np.float32), spacing=(6.0, 6.5, 6.5),
+                 origin=(-160.0, -120.0, 0.0), unit="g/ml")
+    anatomy = label_anatomy(ct, pet=pet)
+    assert anatomy.grid.shape == pet.shape
+    assert all(m.shape == pet.shape for m in anatomy.masks.values())
+    label_map = anatomy.to_label_volume()
+    assert label_map.shape == pet.shape
+    assert set(np.unique(label_map.array)) <= {0, *ANATOMY_LABEL_VALUES.values()}
+
+
+def test_a_ct_without_pelvis_says_why_each_pelvic_landmark_is_missing(torso) -> None:
+    _, _, anatomy = torso
+    assert "pelvis_not_in_ct" in anatomy.flags
+    for lm in (Landmark.FEMORAL_HEAD_LEFT, Landmark.PUBIC_SYMPHYSIS_SUPERIOR,
+               Landmark.SACRAL_PROMONTORY, Landmark.AORTIC_BIFURCATION):
+        finding = anatomy.landmarks[lm]
+        assert finding.position_mm is None
+        assert finding.confidence == 0.0
+        assert finding.reason
+    assert anatomy.pelvic_boundary_z_mm is None
+    assert anatomy.mask_info["prostate_fossa"].confidence == 0.0
+    with pytest.raises(AnatomyError, match="femoral_head_left"):
+        anatomy.require(Landmark.FEMORAL_HEAD_LEFT)
+    with pytest.raises(AnatomyError, match="prostate_fossa"):
+        anatomy.require(AnatomyLabel.PROSTATE_FOSSA)
+
+
+def test_require_pelvis_raises_a_clear_error(torso) -> None:
+    ct, _, _ = torso
+    with pytest.raises(AnatomyError, match="covers the pelvis"):
+        label_anatomy(ct, config=AnatomyConfig(require_pelvis=True))
+
+
+def test_wrong_unit_and_empty_ct_are_rejected() -> None:
+    ct, _ = _torso()
+    with pytest.raises(AnatomyError, match="HU"):
+        label_anatomy(ct.with_array(ct.array, unit="g/ml"))
+    with pytest.raises(AnatomyError, match="No body"):
+        label_anatomy(ct.with_array(np.full(ct.shape, -1000.0, dtype=np.float32)))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"provider": "nnunet"}, "provider"),
+    ({"provider": "totalsegmentator"}, "provider_path"),
+    ({"pelvic_boundary": "l5"}, "pelvic_boundary"),
+    ({"working_spacing_mm": 20.0}, "working_spacing_mm"),
+])
+def test_config_rejects_bad_values(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        AnatomyConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def _tiny_map(boundary: str) -> AnatomyMap:
+    grid = Volume(np.zeros((4, 4, 4), dtype=np.uint8), spacing=(10.0, 10.0, 10.0),
+                  origin=(0.0, 0.0, 0.0), unit="mask")
+    ci = np.zeros((4, 4, 4), dtype=bool)
+    ci[2:] = True
+    obt = ~ci
+    bone = np.zeros((4, 4, 4), dtype=bool)
+    bone[0, 0, 0] = True
+    return AnatomyMap(grid=grid, masks={AnatomyLabel.BONE: bone},
+                      nodal_regions={NodalRegion.COMMON_ILIAC_LEFT: ci,
+                                     NodalRegion.OBTURATOR_LEFT: obt},
+                      landmarks={lm: LandmarkFinding(None, 0.0, "test") for lm in Landmark},
+                      mask_info={}, pelvic_boundary=boundary,  # type: ignore[arg-type]
+                      pelvic_boundary_z_mm=None)
+
+
+def test_common_iliac_is_pelvic_only_under_the_promise_boundary() -> None:
+    promise = _tiny_map("aortic_bifurcation")
+    ajcc = _tiny_map("common_iliac_bifurcation")
+    assert promise.is_pelvic(NodalRegion.COMMON_ILIAC_LEFT)
+    assert not ajcc.is_pelvic(NodalRegion.COMMON_ILIAC_LEFT)
+    assert ajcc.is_pelvic(NodalRegion.OBTURATOR_LEFT)
+    assert not ajcc.is_pelvic(NodalRegion.INGUINAL_LEFT)
+    # grid default direction: k -> z, so z = 25 mm is slice 2 (common iliac)
+    assert promise.region_of_point((0.0, 0.0, 25.0)) is NodalRegion.COMMON_ILIAC_LEFT
+    assert promise.region_of_point((0.0, 0.0, 0.0)) is NodalRegion.OBTURATOR_LEFT
+    assert promise.region_of_point((0.0, 0.0, 500.0)) is None
+    hit = promise.labels_at_point((0.0, 0.0, 0.0))
+    assert hit.label is AnatomyLabel.BONE and hit.pelvic is True
+    values = promise.to_label_volume().array
+    assert values[0, 0, 0] == ANATOMY_LABEL_VALUES["bone"]
+    assert values[3, 3, 3] == ANATOMY_LABEL_VALUES["common_iliac_left"]
+    upper = np.zeros((4, 4, 4), dtype=bool)
+    upper[3] = True
+    assert promise.region_of_mask(upper) is NodalRegion.COMMON_ILIAC_LEFT
+    corner = np.zeros((4, 4, 4), dtype=bool)
+    corner[0, 0, 0] = True
+    assert promise.fractions_of_mask(corner) == {"bone": 1.0}
+
+
+def test_anatomy_map_rejects_masks_of_the_wrong_shape() -> None:
+    grid = Volume(np.zeros((4, 4, 4), dtype=np.uint8), spacing=(1.0, 1.0, 1.0),
+                  origin=(0.0, 0.0, 0.0), unit="mask")
+    with pytest.raises(AnatomyError, match="grid shape"):
+        AnatomyMap(grid=grid, masks={AnatomyLabel.BONE: np.zeros((3, 4, 4), bool)},
+                   nodal_regions={}, landmarks={}, mask_info={},
+                   pelvic_boundary="aortic_bifurcation", pelvic_boundary_z_mm=None)
