@@ -30,6 +30,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     # one line per command module; keep in the order they appear in --help
     "staging.commands.inspect",
     "staging.commands.stage",
+    "staging.commands.anatomy",
     "staging.commands.run",
     "staging.commands.bench",
     "staging.commands.cohort",
