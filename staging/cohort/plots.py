@@ -89,8 +89,9 @@ def plot_km(
         text = f"shaded: {band}"
         if survival.logrank and levels is None:
             text += f"\nlog-rank p = {survival.logrank['p']:.3g}"
-        ax.text(0.99, 0.02, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
-                color="0.3")
+        # top right: survival curves start at 1 on the left and fall, so this corner stays free
+        ax.text(0.99, 0.98, text, transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                color="0.3", bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
         ax.legend(loc="lower left", fontsize=8, frameon=False)
         if title:
             ax.set_title(title)
