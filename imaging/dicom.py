@@ -99,6 +99,9 @@ _NUMBER_TEXT_VRS = frozenset({"DS", "IS"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "SH", "TM", "UI"})
 
 
+_BINARY_INT = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
+
+
 @functools.lru_cache(maxsize=256)
 def _tag_vr(keyword: str) -> tuple[BaseTag, str]:
     tag = tag_for_keyword(keyword)
@@ -111,9 +114,14 @@ def _raw_element_value(ds: Dataset, keyword: str, vrs: frozenset[str]) -> Any:
     tag, vr = _tag_vr(keyword)
     if tag not in ds._dict:
         return None
-    value = ds._dict[tag].value
+    elem = ds._dict[tag]
+    value = elem.value
     if isinstance(value, bytes) and vr not in vrs:
-        value = ds[tag].value  # binary VR (US, SS, FD, ...): let pydicom decode it
+        fmt = _BINARY_INT.get(vr)
+        little = getattr(elem, "is_little_endian", None)
+        if fmt is not None and little is not None and len(value) == struct.calcsize(fmt):
+            return struct.unpack(("<" if little else ">") + fmt, value)[0]
+        value = ds[tag].value  # other binary VRs (FD, multi-valued US, ...): pydicom decodes
     return value
 
 
@@ -855,24 +863,43 @@ _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}  # Implicit / Explicit
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
 
 
+_FORMAT_KEYWORDS = ("SamplesPerPixel", "BitsAllocated", "BitsStored", "PixelRepresentation")
+# (transfer syntax, undecoded bytes of the format attributes) -> parsed format
+_FORMAT_CACHE: dict[tuple[str, tuple[Any, ...]], tuple[int, int, bool] | None] = {}
+
+
+@functools.lru_cache(maxsize=64)
+def _pixel_format(ts: str, samples: int | None, bits_a: int | None, stored_a: int | None,
+                  rep: int | None) -> tuple[int, int, bool] | None:
+    """(BitsAllocated, BitsStored, signed) if the direct read applies, else None."""
+    if ts not in _NATIVE_LE or (samples or 1) != 1 or bits_a is None:
+        return None
+    stored_bits = stored_a or bits_a
+    if bits_a not in (8, 16, 32) or not 0 < stored_bits <= bits_a:
+        return None
+    return bits_a, stored_bits, rep == 1
+
+
 def _read_native(path: Path, header: Dataset, offset: int, rows: int, columns: int
                  ) -> NDArray[Any] | None:
     """Read uncompressed little-endian pixels directly at ``offset``; None if not applicable."""
     meta = getattr(header, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    raw = tuple(raw_value(header, kw) for kw in _FORMAT_KEYWORDS)
+    key = (ts, raw)
     try:
-        fmt = [raw_floats(header, kw) for kw in ("SamplesPerPixel", "BitsAllocated",
-                                                 "BitsStored", "PixelRepresentation")]
-    except ValueError:
+        pixel_format = _FORMAT_CACHE[key]
+    except (KeyError, TypeError):
+        try:
+            fmt = [raw_floats(header, kw) for kw in _FORMAT_KEYWORDS]
+        except ValueError:
+            return None
+        pixel_format = _pixel_format(ts, *(None if f is None else int(f[0]) for f in fmt))
+        if all(isinstance(v, bytes | type(None)) for v in raw) and len(_FORMAT_CACHE) < 64:
+            _FORMAT_CACHE[key] = pixel_format
+    if pixel_format is None:
         return None
-    samples, bits_a, stored_a, rep = (None if f is None else int(f[0]) for f in fmt)
-    if ts not in _NATIVE_LE or (samples or 1) != 1 or bits_a is None:
-        return None
-    bits = bits_a
-    stored_bits = stored_a or bits
-    signed = rep == 1
-    if bits not in (8, 16, 32) or not 0 < stored_bits <= bits:
-        return None
+    bits, stored_bits, signed = pixel_format
     dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
     count = rows * columns
     with open(path, "rb") as fh:
@@ -952,6 +979,21 @@ def read_pixels(path: Path, *, rows: int, columns: int, header: Dataset | None =
     return arr
 
 
+def _stored_range(header: Dataset, stored: NDArray[Any]) -> tuple[int, int]:
+    """Bounds of the stored values allowed by BitsStored (no pass over the data)."""
+    try:
+        bits = raw_floats(header, "BitsStored")
+    except ValueError:
+        bits = None
+    info = np.iinfo(stored.dtype)
+    if bits is None or not 0 < int(bits[0]) <= info.bits:
+        return int(info.min), int(info.max)
+    n = int(bits[0])
+    if info.min < 0:
+        return -(2 ** (n - 1)), 2 ** (n - 1) - 1
+    return 0, 2**n - 1
+
+
 def assemble_volume(
     headers: Sequence[Dataset],
     paths: Sequence[Path],
@@ -1023,11 +1065,14 @@ def assemble_volume(
         s, b = slopes[idx], inters[idx]
         if is_int:
             info = np.iinfo(out.dtype)
-            lo = int(stored.min()) * int(s) + int(b)
-            hi = int(stored.max()) * int(s) + int(b)
-            if min(lo, hi) < info.min or max(lo, hi) > info.max:
+            lo, hi = _stored_range(headers[idx], stored)
+            lo, hi = sorted((lo * int(s) + int(b), hi * int(s) + int(b)))
+            if lo < info.min or hi > info.max:
+                lo, hi = sorted((int(stored.min()) * int(s) + int(b),
+                                 int(stored.max()) * int(s) + int(b)))
+            if lo < info.min or hi > info.max:
                 raise DicomError(
-                    f"rescaled values {min(lo, hi)}..{max(lo, hi)} overflow {out.dtype}; pass "
+                    f"rescaled values {lo}..{hi} overflow {out.dtype}; pass "
                     "dtype=numpy.float32.", path=path)
             if s == 1:
                 np.add(stored, np.int32(b), out=out[k], casting="unsafe")
