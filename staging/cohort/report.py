@@ -91,6 +91,7 @@ def _grouping_dict(g: GroupingAnalysis, spec_at: Sequence[float]) -> dict[str, A
              for i, row in strat.lesion_counts.iterrows()}
         ),
         "table1": _records(strat.table1),
+        "table1_values": _records(strat.table1_values),
         "kaplan_meier": km,
         "logrank": {
             "overall": {k: _num(v) for k, v in surv.logrank.items()} or None,

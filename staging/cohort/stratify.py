@@ -114,6 +114,9 @@ class Stratification:
         Descriptive table: ``variable, statistic`` then one column per level and
         ``All patients``; continuous variables as median (Q1, Q3), binary and categorical ones as
         n (%), with the number of missing values.
+    table1_values : pandas.DataFrame
+        The numbers behind Table 1: ``variable, kind (binary/continuous/categorical), level,
+        n, missing, value, count, percent, median, q1, q3, min, max``.
     notes : tuple of CohortNote
     """
 
@@ -122,6 +125,7 @@ class Stratification:
     table: pd.DataFrame
     lesion_counts: pd.DataFrame | None
     table1: pd.DataFrame
+    table1_values: pd.DataFrame
     notes: tuple[CohortNote, ...]
 
     @property
@@ -181,6 +185,39 @@ def _table1(data: pd.DataFrame, by: str, levels: Sequence[str],
     return pd.DataFrame(rows, columns=["variable", "statistic", *levels, OVERALL])
 
 
+def _describe_values(data: pd.DataFrame, by: str, levels: Sequence[str],
+                     describe: Sequence[str]) -> pd.DataFrame:
+    """The numbers behind Table 1, one row per (variable, level[, value])."""
+    groups = {lv: data.loc[data[by].astype(str) == lv] for lv in levels}
+    groups[OVERALL] = data
+    rows: list[dict[str, object]] = []
+    for var in describe:
+        col = data[var]
+        kind = ("binary" if _is_binary(col) else "continuous" if is_numeric_dtype(col)
+                else "categorical")
+        for level, g in groups.items():
+            s = g[var].dropna()
+            base = {"variable": var, "kind": kind, "level": level, "n": len(s),
+                    "missing": int(g[var].isna().sum())}
+            if kind == "binary":
+                s = s.astype(float)
+                rows.append(base | {"value": "1", "count": int(s.sum()),
+                                    "percent": 100 * s.mean() if len(s) else np.nan})
+            elif kind == "continuous":
+                s = s.astype(float)
+                rows.append(base | {"median": s.median(), "q1": s.quantile(0.25),
+                                    "q3": s.quantile(0.75), "min": s.min(), "max": s.max()})
+            else:
+                s = s.astype(str)
+                for cat in sorted(col.dropna().astype(str).unique()):
+                    rows.append(base | {"value": cat, "count": int((s == cat).sum()),
+                                        "percent": 100 * (s == cat).mean() if len(s)
+                                        else np.nan})
+    columns = ["variable", "kind", "level", "n", "missing", "value", "count", "percent",
+               "median", "q1", "q3", "min", "max"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def stratify(
     cohort: Cohort,
     *,
@@ -236,5 +273,6 @@ def stratify(
         lesion_counts.index.name = by
         lesion_counts.columns.name = "lesion_count_bin"
     table1 = _table1(data, by, lv, describe)
+    values = _describe_values(data, by, lv, describe)
     return Stratification(by=by, levels=lv, table=table, lesion_counts=lesion_counts,
-                          table1=table1, notes=tuple(notes))
+                          table1=table1, table1_values=values, notes=tuple(notes))

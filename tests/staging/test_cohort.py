@@ -193,6 +193,11 @@ def test_stratify_counts_and_table1() -> None:
     assert t1.loc[("age", "median (Q1, Q3)"), "N1/M1a"] == "60 (55, 70)"
     assert t1.loc[("adt", "n (%) with 1"), "All patients"] == "4 (66.7%)"
     assert t1.loc[("age", "median (Q1, Q3)"), "M1b-M1c"] == "-"
+    values = st.table1_values.set_index(["variable", "level"])
+    assert tuple(values.loc[("age", "N1/M1a"), ["median", "q1", "q3", "n"]]) == (60, 55, 70, 3)
+    assert values.loc[("adt", "All patients"), "count"] == 4
+    assert values.loc[("adt", "All patients"), "percent"] == pytest.approx(400 / 6)
+    assert values.loc[("age", "M1b-M1c"), "n"] == 0
 
 
 def test_holm_adjustment() -> None:
