@@ -98,6 +98,35 @@ def test_dicom_seg_references_the_pet_series(dicom_run: tuple[int, Path, str],
     categories = {lesion["category"] for lesion in record["lesions"]}
     assert {s.TrackingID for s in seg.SegmentSequence} == categories
 
+    # every segmented pixel of every frame lies on a lesion of that segment's category
+    from imaging.nifti import read_nifti
+
+    labels = read_nifti(out / "lesions.nii.gz", unit="label")
+    category_of = {lesion["id"]: lesion["category"] for lesion in record["lesions"]}
+    segment_category = {int(s.SegmentNumber): s.TrackingID for s in seg.SegmentSequence}
+    headers = {}
+    for path in pet_files:
+        if path.is_file():
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            headers[ds.SOPInstanceUID] = ds
+    pixels = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
+    covered = 0
+    for n, frame in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        src = headers[frame.DerivationImageSequence[0].SourceImageSequence[0]
+                      .ReferencedSOPInstanceUID]
+        wanted = segment_category[int(
+            frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)]
+        r, c = np.nonzero(pixels[n])
+        ipp = np.asarray(src.ImagePositionPatient, dtype=float)
+        iop = np.asarray(src.ImageOrientationPatient, dtype=float)
+        world = (ipp + c[:, None] * float(src.PixelSpacing[1]) * iop[:3]
+                 + r[:, None] * float(src.PixelSpacing[0]) * iop[3:])
+        idx = np.rint(labels.world_to_index(world)).astype(int)
+        ids = np.asarray(labels.array)[idx[:, 0], idx[:, 1], idx[:, 2]]
+        assert all(category_of[int(i)] == wanted for i in ids)
+        covered += len(ids)
+    assert covered == int(np.count_nonzero(np.asarray(labels.array)))
+
 
 @pytest.mark.slow
 def test_stage_study_on_nifti_and_failed_rerun_keeps_the_result(
