@@ -9,6 +9,7 @@ result; never half-written.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -262,7 +263,8 @@ def stage_study(
     Returns
     -------
     StagingResult
-        The patient stage, the ``staging.json`` record, the output paths (in ``out_dir``),
+        The patient stage, the ``staging.json`` record (exactly the file's JSON content: plain
+        dicts, lists, strings, numbers, None), the output paths (in ``out_dir``),
         outputs not written with the reason, and per-stage wall times.
 
     Raises
@@ -311,6 +313,7 @@ def stage_study(
         timings["outputs"] = time.perf_counter() - start
         record["timings_s"] = {k: round(v, 4) for k, v in timings.items()}
         written["staging.json"] = write_json(record, tmp / "staging.json")
+        record = json.loads(written["staging.json"].read_text(encoding="utf-8"))  # plain JSON
         timings["outputs"] = time.perf_counter() - start
         _publish(tmp, out_dir)
     except BaseException:
