@@ -706,15 +706,22 @@ def _init_worker(log_level: int) -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
-    root.setLevel(log_level)
+    # the parent reports each study; a worker adds its warnings, or everything under -vv
+    root.setLevel(log_level if log_level <= logging.DEBUG else max(log_level, logging.WARNING))
     logging.captureWarnings(True)
 
 
-def _link_inputs(files: Sequence[Path], target: Path) -> Path:
-    """A private input folder of symlinks to exactly this study's files."""
-    target.mkdir(parents=True)
-    for number, path in enumerate(files):
-        os.symlink(path.resolve(), target / f"{number:06d}_{path.name}")
+def _link_inputs(files: Sequence[Path], root: Path, target: Path) -> Path:
+    """A private input folder of symlinks to exactly this study's files (same relative paths).
+
+    In a flat or mixed export the study's folder also holds other studies; the loader then
+    reads only this study's files, and a message naming ``target/<rel>`` maps back to
+    ``root/<rel>``.
+    """
+    for path in files:
+        link = target / path.relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(path.resolve(), link)
     return target
 
 
@@ -728,8 +735,8 @@ def _stage_worker(job: _Job) -> _Outcome:
 
             stage_fn = stage_study
         source = job.source
-        if job.link_files and source.kind == "dicom":
-            folder = _link_inputs(job.link_files, job.work_dir / "input")
+        if job.link_files and source.kind == "dicom" and source.dicom_dir is not None:
+            folder = _link_inputs(job.link_files, source.dicom_dir, job.work_dir / "input")
             source = StudySource.from_dicom(folder, pet_series_uid=source.pet_series_uid)
         result = stage_fn(source, job.work_dir / "study", config=job.config)
         record = getattr(result, "record", None)
@@ -738,13 +745,16 @@ def _stage_worker(job: _Job) -> _Outcome:
         record = json.loads(json.dumps(dict(record), default=str))
         return _Outcome(job.key, True, record, "", "", time.perf_counter() - start)
     except PipelineError as err:
-        return _Outcome(job.key, False, None, type(err).__name__, str(err),
+        message = str(err)
+        if job.source.dicom_dir is not None:  # name the user's files, not the private links
+            message = message.replace(str(job.work_dir / "input"), str(job.source.dicom_dir))
+        return _Outcome(job.key, False, None, type(err).__name__, message,
                         time.perf_counter() - start)
     except MemoryError:
         return _Outcome(job.key, False, None, "MemoryError",
                         "out of memory while staging; rerun with fewer --jobs",
                         time.perf_counter() - start)
-    except Exception as err:  # noqa: BLE001 - the per-study boundary of the batch (see docs)
+    except Exception as err:
         logger.debug("%s: internal error", job.key, exc_info=True)
         return _Outcome(job.key, False, None, type(err).__name__,
                         f"internal error {type(err).__name__}: {err} (please report it; rerun "
@@ -884,7 +894,6 @@ class _Runner:
         try:
             plan = plan_batch(items, stored=db.stored_studies(self.engine),
                               config_hash=self.config_hash, force=force)
-            self._emit("start", "")
             queue: deque[PlannedItem] = deque()
             for planned in plan:
                 if planned.action == "fail":
@@ -897,6 +906,7 @@ class _Runner:
                     self._emit("skipped", planned.item.label, planned.reason)
                 else:
                     queue.append(planned)
+            self._emit("start", "")  # discovery failures and unchanged studies are done
             if self.fail_fast and self.failed:
                 not_attempted = len(queue)
                 queue.clear()
@@ -913,7 +923,8 @@ class _Runner:
 
     def _job(self, planned: PlannedItem) -> _Job:
         self.sequence += 1
-        assert planned.item.key is not None and planned.item.source is not None
+        assert planned.item.key is not None
+        assert planned.item.source is not None
         work_dir = self.work_root / f"{self.run_id}-{self.sequence:06d}"
         work_dir.mkdir(parents=True)
         link = planned.item.files if planned.item.source.kind == "dicom" else ()
@@ -1004,7 +1015,8 @@ class _Runner:
     def _promote(self, planned: PlannedItem, job: _Job, outcome: _Outcome) -> None:
         """Rename the finished folder into place, then commit its rows (see module notes)."""
         item = planned.item
-        assert item.key is not None and outcome.record is not None
+        assert item.key is not None
+        assert outcome.record is not None
         result_dir = job.work_dir / "study"
         staging_json = result_dir / "staging.json"
         if not staging_json.is_file():

@@ -854,8 +854,8 @@ def import_clinical(target: str | Path | Engine, csv_path: Path) -> int:
             "table needs one row per patient with a patient_id column.")
     ids = table["patient_id"].str.strip()
     if (ids == "").any():
-        row = int((ids == "").to_numpy().argmax()) + 2
-        raise ConfigError(f"{csv_path}: row {row} has an empty patient_id.")
+        empty_row = int((ids == "").to_numpy().argmax()) + 2
+        raise ConfigError(f"{csv_path}: row {empty_row} has an empty patient_id.")
     duplicated = sorted(set(ids[ids.duplicated()]))
     if duplicated:
         raise ConfigError(

@@ -159,37 +159,43 @@ class _Reporter:
         self.bar: Any = None
         self.start = time.monotonic()
         self.worked = 0
+        self.started = False
 
     def __call__(self, event: batch.BatchEvent) -> None:
-        if event.kind == "start":
-            self.start = time.monotonic()
-            if self.tty:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=event.total, unit="study", file=self.stream,
-                                desc="staging", dynamic_ncols=True)
-                self.bar.update(event.done)
-            else:
-                logger.info("%d studies: %d unchanged (skipped), %d failed at discovery, "
-                            "%d to stage", event.total, event.skipped, event.failed,
-                            event.total - event.done)
+        if not self.started:
+            if event.kind == "start":
+                self._start(event)
+            elif event.kind == "failed":
+                logger.info("%s failed before staging (see the summary)", event.label)
             return
-        if event.kind in ("staged", "failed") and event.done > 0:
-            self.worked += 1
+        self.worked += 1
         remaining = event.total - event.done
         elapsed = time.monotonic() - self.start
-        rate_h = self.worked / elapsed * 3600 if elapsed > 0 and self.worked else 0.0
+        rate_h = self.worked / elapsed * 3600 if elapsed > 0 else 0.0
         eta = remaining / rate_h * 3600 if rate_h > 0 else None
         if self.bar is not None:
             self.bar.set_postfix(ok=event.staged, skipped=event.skipped, failed=event.failed,
                                  refresh=False)
             self.bar.update(1)
             return
-        if event.kind == "skipped":
-            return  # summarised at start; a line per unchanged study is noise
         logger.info("[%d/%d] %s %s; %d staged, %d failed, %d remaining; %.1f studies/h; ETA %s",
                     event.done, event.total, event.label, event.kind, event.staged,
                     event.failed, remaining, rate_h, _duration(eta) if eta is not None else "-")
+
+    def _start(self, event: batch.BatchEvent) -> None:
+        """Staging starts: the unchanged studies and discovery failures are already counted."""
+        self.started = True
+        self.start = time.monotonic()
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=event.total, unit="study", file=self.stream,
+                            desc="staging", dynamic_ncols=True, initial=event.done)
+            self.bar.set_postfix(ok=event.staged, skipped=event.skipped, failed=event.failed)
+        else:
+            logger.info("%d studies: %d unchanged (skipped), %d failed before staging, "
+                        "%d to stage", event.total, event.skipped, event.failed,
+                        event.total - event.done)
 
     def close(self) -> None:
         if self.bar is not None:

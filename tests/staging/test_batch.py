@@ -68,19 +68,24 @@ def test_batch_stages_good_studies_and_records_failures(tmp_path: Path) -> None:
     for key in results["study_key"]:
         assert (tmp_path / "out" / key / "staging.json").is_file()
     lesions = db.read_lesions(tmp_path / "out" / "results.db")
-    assert len(lesions) == 2 and set(lesions["patient_id"]) == {"P002"}
+    assert len(lesions) == 2
+    assert set(lesions["patient_id"]) == {"P002"}
     failures = db.read_failures(tmp_path / "out" / "results.db").set_index("patient_id")
     assert failures.loc["P001", "error_type"] == "SuvError"
     assert "RadionuclideTotalDose" in failures.loc["P001", "message"]
     assert "no CT" in failures.loc["P003", "message"]
     assert not (tmp_path / "out" / "P001").exists()
-    # progress: one start event, then one per item, the last one complete
-    assert events[0].kind == "start" and len(events) == 6
-    assert events[-1].done == 5 and events[-1].failed == 2
+    # progress: the discovery failure, then the start of staging, then one per staged item
+    assert [e.kind for e in events[:2]] == ["failed", "start"]
+    assert events[1].done == 1
+    assert len(events) == 6
+    assert events[-1].done == 5
+    assert events[-1].failed == 2
     # nothing temporary is left behind
     assert not any((tmp_path / "out" / ".psma-stage" / "staging").glob("*"))
     runs = db.read_runs(tmp_path / "out" / "results.db")
-    assert runs.loc[0, "status"] == "finished" and runs.loc[0, "n_failed"] == 2
+    assert runs.loc[0, "status"] == "finished"
+    assert runs.loc[0, "n_failed"] == 2
 
 
 def test_resume_skips_unchanged_and_restages_changed(tmp_path: Path) -> None:
@@ -131,10 +136,13 @@ def test_fail_fast_and_limit(tmp_path: Path) -> None:
     specs[0]["fail"] = "broken"
     manifest = write_fake_cohort(tmp_path / "in", specs)
     summary = _run(manifest, tmp_path / "ff", jobs=1, fail_fast=True)
-    assert summary.n_failed == 1 and summary.n_staged == 0
-    assert summary.not_attempted == 5 and summary.exit_code == 1
+    assert summary.n_failed == 1
+    assert summary.n_staged == 0
+    assert summary.not_attempted == 5
+    assert summary.exit_code == 1
     limited = _run(manifest, tmp_path / "lim", limit=3)
-    assert limited.n_items == 3 and limited.n_staged + limited.n_failed == 3
+    assert limited.n_items == 3
+    assert limited.n_staged + limited.n_failed == 3
 
 
 def test_worker_death_is_a_recorded_failure(tmp_path: Path) -> None:
@@ -160,7 +168,8 @@ def test_patient_ids_are_sanitised_into_folders(tmp_path: Path) -> None:
     for rel in staged:
         patient, study, _ = rel.split("/")
         for part in (patient, study):
-            assert not part.startswith(".") and "\\" not in part  # never hidden, never '..'
+            assert not part.startswith(".")
+            assert "\\" not in part
         assert (out / rel).resolve().is_relative_to(out.resolve())
     # the raw identifiers are kept in the database, not in paths
     assert sorted(db.read_results(out / "results.db")["patient_id"]) == ["../../escape",
@@ -212,7 +221,8 @@ def test_recovery_repairs_every_crash_state(tmp_path: Path) -> None:
     assert sorted(summary.recovered) == sorted(keys[:3])
     assert (summary.n_staged, summary.n_skipped) == (3, 1)
     assert _snapshot(out) == _snapshot(reference)
-    assert not any(state.glob("staging/*")) and not (state / "trash").exists()
+    assert not any(state.glob("staging/*"))
+    assert not (state / "trash").exists()
     assert "interrupted" in set(db.read_runs(out / "results.db")["status"])
 
 
@@ -259,4 +269,5 @@ def test_sigkill_at_many_moments_then_rerun_equals_uninterrupted(tmp_path: Path)
     assert done.n_failed == 0
     assert _snapshot(out) == _snapshot(reference)
     staged = db.read_results(out / "results.db")
-    assert len(staged) == 8 and staged["study_key"].is_unique
+    assert len(staged) == 8
+    assert staged["study_key"].is_unique

@@ -142,7 +142,8 @@ def test_read_functions_give_tidy_typed_tables(db_url: str) -> None:
         results = db.read_results(db_url)
         assert list(results["patient_id"]) == ["P1", "P2"]
         row = results.iloc[0]
-        assert row["group"] == "M1b-M1c" and row["count_bone"] == 2
+        assert row["group"] == "M1b-M1c"
+        assert row["count_bone"] == 2
         assert row["ref_blood_pool_suv"] == pytest.approx(1.6)
         assert row["ref_liver_suv"] == pytest.approx(5.2)
         assert pd.isna(row["ref_parotid_suv"])
@@ -170,11 +171,13 @@ def test_export_csv_and_parquet_with_clinical_join(db_url: str, tmp_path: Path) 
     assert db.import_clinical(db_url, clinical) == 2
     table = db.read_clinical(db_url).set_index("patient_id")
     assert table.loc["P1", "pfs_event"] is True or table.loc["P1", "pfs_event"] == 1
-    assert pd.isna(table.loc["P9", "psa"]) and table.loc["P9", "site"] == "B"
+    assert pd.isna(table.loc["P9", "psa"])
+    assert table.loc["P9", "site"] == "B"
 
     assert db.export_table(db_url, tmp_path / "p.csv", what="patients") == 1
     patients = pd.read_csv(tmp_path / "p.csv")
-    assert patients.loc[0, "age"] == 66 and patients.loc[0, "group"] == "M1b-M1c"
+    assert patients.loc[0, "age"] == 66
+    assert patients.loc[0, "group"] == "M1b-M1c"
     assert db.export_table(db_url, tmp_path / "l.parquet", what="lesions") == 2
     lesions = pd.read_parquet(tmp_path / "l.parquet")
     assert lesions["suv_max"].tolist() == [12.5, 12.5]
@@ -221,7 +224,8 @@ def test_batch_run_and_crash_recovery_on_this_database(db_url: str, tmp_path: Pa
     assert second.recovered == (keys[0],)
     assert (second.n_staged, second.n_skipped, second.n_failed) == (1, 2, 1)
     results = db.read_results(db_url)
-    assert sorted(results["study_key"]) == keys and results["study_key"].is_unique
+    assert sorted(results["study_key"]) == keys
+    assert results["study_key"].is_unique
     assert len(db.read_failures(db_url)) == 1
     runs = db.read_runs(db_url)
     assert list(runs["status"]) == ["finished", "finished"]
