@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from fixtures.clinical import sample_stage_mix, simulate_clinical
+from staging import database
 from staging.cli import main
 from staging.cohort import CohortSpec, CohortWarning, analyze_cohort, join_cohort
 
@@ -169,7 +170,6 @@ def test_cli_help_documents_the_options(capsys: pytest.CaptureFixture[str]) -> N
 def test_cli_reads_the_study_database(tables: tuple[Path, Path], csv_report: Path,
                                       tmp_path: Path) -> None:
     """--db: staging results and clinical table from the database of `psma-stage run`."""
-    database = pytest.importorskip("staging.database")
     staging, clinical = tables
     db = tmp_path / "results.db"
     engine = database.open_database(db)
