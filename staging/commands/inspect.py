@@ -163,12 +163,17 @@ def _suv(args: argparse.Namespace) -> int:
         "origin_lps_mm": list(study.pet.origin),
         "suv_provenance": dict(study.suv_provenance),
     }
-    write_nifti(study.pet.with_array(study.pet.array.astype("float32", copy=False)), out)
     prov = provenance_path(out)
+    prov.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=prov.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(record, fh, indent=2, default=str)
-    os.replace(tmp, prov)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=2, default=str)
+        # both files appear only once both are complete
+        write_nifti(study.pet.with_array(study.pet.array.astype("float32", copy=False)), out)
+        os.replace(tmp, prov)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     pv = study.suv_provenance
     sys.stdout.write(
         f"wrote {out} ({study.pet.shape[0]} slices, SUV{args.suv_type} factor "
