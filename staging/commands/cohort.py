@@ -107,11 +107,13 @@ def register(subparsers: Any) -> None:
 
 
 def _safe_url(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
+    """The database URL without its password (a plain SQLite path is returned as given)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
+    try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a plain file path is not a URL; record it as given
+    except ArgumentError:  # a file path, not a URL
         return url
 
 

@@ -196,3 +196,11 @@ def test_cli_reads_the_study_database(tables: tuple[Path, Path], csv_report: Pat
     assert a["inputs"]["clinical"] == {"database": str(db)}
     assert a["inputs"]["n_patients_analysed"] == N
     assert a["groupings"] == b["groupings"]
+
+
+def test_database_password_is_not_recorded() -> None:
+    from staging.commands.cohort import _safe_url
+
+    assert _safe_url("postgresql://lab:secret@db.example/psma") == \
+        "postgresql://lab:***@db.example/psma"
+    assert _safe_url("results/results.db") == "results/results.db"
