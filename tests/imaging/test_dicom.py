@@ -317,3 +317,14 @@ def test_direct_pixel_read_matches_pydicom(tmp_path: Path, bits_stored: int, sig
     with pytest.raises(DicomError, match=r"PixelData \(7FE0,0010\) is truncated"):
         read_pixels(series.files[0], rows=16, columns=20, header=series.headers[0],
                     offset=series.pixel_offsets[0])
+
+
+def test_random_bytes_never_crash_discovery(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        n = int(rng.integers(0, 3000))
+        data = rng.bytes(n)
+        (tmp_path / f"g{i}").write_bytes(b"\0" * 128 + b"DICM" + data if i % 2 else data)
+    inv = discover(tmp_path)
+    assert inv.studies == ()
+    assert inv.skipped == {"not_dicom": 30, "unreadable": 30}
