@@ -996,12 +996,13 @@ def _already_suv(
         prov["factor"] = 1.0
         unit: Literal["g/ml", "cm2/ml"] = "cm2/ml" if units == "CM2ML" else "g/ml"
         return SuvConversion(np.ones(n), unit, _finish(prov))
-    if native == "bw" and suv_type in ("lbm", "lbm-james", "ibw"):
+    if native == "bw" and suv_type in ("lbm", "lbm-james", "ibw", "bsa"):
         weight = _patient_weight(first, ov, p0)
         prov["patient_weight_kg"] = weight
         mass, unit = _suv_mass(suv_type, first, ov, p0, weight, prov)
         factor = mass / (weight * 1000.0)
-        prov["branch"] = f"GML (SUVbw) x {suv_type} mass / body weight"
+        size = "area" if unit == "cm2/ml" else "mass"
+        prov["branch"] = f"GML (SUVbw) x {suv_type} {size} / body weight"
         prov["factor"] = factor
         return SuvConversion(np.full(n, factor), unit, _finish(prov))
     raise SuvError(

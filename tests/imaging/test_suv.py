@@ -178,6 +178,13 @@ def test_units_gml_to_lbm_scales_by_mass_ratio() -> None:
     assert result.factor == pytest.approx(lean_body_mass_kg(80, 1.8, "M") / 80, rel=1e-12)
 
 
+def test_units_gml_to_bsa_scales_by_area_per_gram() -> None:
+    result = compute_suv_factors(headers(PetSpec(units="GML")), suv_type="bsa")
+    assert result.unit == "cm2/ml"
+    assert result.factor == pytest.approx(body_surface_area_m2(80, 1.8) * 1e4 / 80_000,
+                                          rel=1e-12)
+
+
 def test_units_cm2ml_is_suvbsa() -> None:
     result = compute_suv_factors(headers(PetSpec(units="CM2ML")), suv_type="bsa")
     assert result.unit == "cm2/ml"
