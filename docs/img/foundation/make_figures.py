@@ -11,13 +11,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import nibabel as nib
+import numpy as np
 
-from imaging.errors import DicomWarning  # noqa: E402
-from imaging.loading import load_study  # noqa: E402
-from imaging.resample import resample_to  # noqa: E402
+from imaging.errors import DicomWarning
+from imaging.loading import load_study
+from imaging.resample import resample_to
 
 ROOT = Path(__file__).resolve().parents[3]
 PUBLIC = ROOT / "fixtures" / "public"
