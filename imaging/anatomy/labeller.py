@@ -78,6 +78,14 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     frame = find_landmarks(tissues, grid, config=config)
     organs = find_organs(hu, pet_w, tissues, grid, frame, config=config)
 
+    liver = organs.get(AnatomyLabel.LIVER)
+    if liver is not None and liver.mask is not None and liver.mask.any():
+        k = int(np.flatnonzero(liver.mask.any(axis=(1, 2)))[-1])
+        jj, ii = np.nonzero(liver.mask[k])
+        pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
+        frame.landmarks[Landmark.LIVER_DOME] = LandmarkFinding(
+            tuple(float(v) for v in pos), 0.6, "top of the rule-based liver mask", "liver")
+
     provider: ProviderMasks | None = None
     if config.provider != "rule":
         assert config.provider_path is not None  # checked by AnatomyConfig
@@ -209,13 +217,13 @@ def _apply_vessel_landmarks(provider: ProviderMasks, grid: WorkGrid, frame: Pelv
             continue
         if aorta is None or not aorta.any():
             k = zs[-1]
-            _, jj, ii = np.nonzero(art[k])
+            jj, ii = np.nonzero(art[k])
             pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
             frame.landmarks[Landmark.AORTIC_BIFURCATION] = LandmarkFinding(
                 tuple(float(v) for v in pos), 0.7, "cranial end of the iliac artery mask",
                 "vessels")
         k = zs[0]
-        _, jj, ii = np.nonzero(art[k])
+        jj, ii = np.nonzero(art[k])
         pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
         frame.landmarks[lm] = LandmarkFinding(tuple(float(v) for v in pos), 0.7,
                                               "caudal end of the common iliac artery mask",

@@ -245,7 +245,7 @@ def _kink(front: NDArray[np.float64], spacing: float) -> int | None:
         return None
     f = np.where(np.isfinite(front), front, np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(f, n)
-    upright = (windows.max(axis=1) - windows.min(axis=1)) <= 3.0
+    upright = (windows.max(axis=1) - windows.min(axis=1)) <= 4.0
     moving_below = np.zeros_like(upright)
     moving_below[2:] = (f[:-n - 1][: upright.size - 2] - f[2:upright.size]) >= 4.0
     cand = np.flatnonzero(upright & moving_below & np.isfinite(windows).all(axis=1))
@@ -327,8 +327,29 @@ def find_landmarks(t: Tissues, grid: WorkGrid, *, config: AnatomyConfig) -> Pelv
                    LM.SACRAL_PROMONTORY, LM.ILIAC_CREST_LEFT, LM.ILIAC_CREST_RIGHT):
             frame.landmarks[lm] = _missing("the pelvis is not in the CT (no femoral heads)")
         frame.flags.append("pelvis_not_in_ct")
+    _promontory_from_crests(frame, config)
     _vessel_estimates(frame, config)
     return frame
+
+
+def _promontory_from_crests(frame: PelvisFrame, config: AnatomyConfig) -> None:
+    """When the spine shows no L5/S1 level, estimate it below the intercristal plane."""
+    if frame.landmarks[LM.SACRAL_PROMONTORY].found:
+        return
+    crests = [frame.landmarks[lm].position_mm for lm in (LM.ILIAC_CREST_LEFT,
+                                                          LM.ILIAC_CREST_RIGHT)]
+    found = [c for c in crests if c is not None]
+    if not found:
+        return
+    z = float(np.mean([c[2] for c in found])) - config.intercristal_to_promontory_mm
+    y = _front_at(frame, z, default=None)
+    if y is None:
+        return
+    why = frame.landmarks[LM.SACRAL_PROMONTORY].reason
+    frame.landmarks[LM.SACRAL_PROMONTORY] = _found(
+        (frame.x_mid_mm, y, z), 0.35, "intercristal_plane",
+        f"{why}; estimated {config.intercristal_to_promontory_mm:g} mm below the "
+        "intercristal plane")
 
 
 def _obturator_half_width(t: Tissues, grid: WorkGrid, frame: PelvisFrame,

@@ -91,6 +91,7 @@ class AnatomyConfig:
     lung_hu: float = -400.0
     lung_min_ml: float = 300.0
     trachea_max_area_cm2: float = 12.0
+    lung_closing_mm: float = 15.0
     # bone
     bone_hu: float = 120.0
     bone_closing_mm: float = 3.0
@@ -104,7 +105,7 @@ class AnatomyConfig:
     # bladder and PET organs
     bladder_suv: float = 15.0
     bladder_hu: tuple[float, float] = (-10.0, 40.0)
-    bladder_search_mm: float = 15.0
+    bladder_search_mm: float = 10.0
     kidney_suv: float = 10.0
     salivary_suv: float = 6.0
     organ_suv: float = 3.0
@@ -128,6 +129,7 @@ class AnatomyConfig:
     obturator_front_mm: float = 25.0
     obturator_back_mm: float = 12.0
     promontory_to_s3_mm: float = 55.0
+    intercristal_to_promontory_mm: float = 52.0
     promontory_to_common_iliac_bifurcation_mm: float = 14.0
     common_iliac_bifurcation_lateral_mm: float = 44.0
     aortic_bifurcation_anterior_mm: float = 20.0

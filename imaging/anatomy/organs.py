@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from imaging.anatomy.grid import WorkGrid
 from imaging.anatomy.landmarks import PelvisFrame
 from imaging.anatomy.model import AnatomyConfig
-from imaging.anatomy.tissues import Tissues
+from imaging.anatomy.tissues import Tissues, bbox, box_close, box_dilate, box_open
 from imaging.vocabulary import AnatomyLabel, Landmark
 
 __all__ = ["OrganResult", "find_organs"]
@@ -63,46 +63,65 @@ def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissue
         zz < z_ref + 130.0) & t.body & ~t.bone
     if sym is not None:
         region &= yy > sym[1] - 10.0
-    water = (hu >= config.bladder_hu[0]) & (hu <= config.bladder_hu[1]) & t.body & ~t.bone
+    box = bbox(region, pad=2)
+    if box is None:
+        return OrganResult(None, 0.0, "the midline pelvis is outside the CT")
+    region_b = region[box]
+    hu_b = hu[box]
+    water = (hu_b >= config.bladder_hu[0]) & (hu_b <= config.bladder_hu[1]) & region_b
+
+    def full(mask_b: NDArray[np.bool_]) -> NDArray[np.bool_]:
+        out = np.zeros(region.shape, dtype=bool)
+        out[box] = mask_b
+        return out
+
     if pet is not None:
-        hot = (pet >= config.bladder_suv) & region
+        hot = (pet[box] >= config.bladder_suv) & region_b
         if hot.any():
             lab, sizes = _components(hot)
             sizes[0] = 0
             core = lab == int(np.argmax(sizes))
             r = max(1, round(config.bladder_search_mm / grid.spacing_mm))
-            near = ndi.binary_dilation(core, iterations=r) & region
+            near = box_dilate(core, r) & region_b
             # CT refinement: water-density voxels around the PET core, smoothed
-            wet = ndi.binary_opening(water & near, iterations=1)
-            grown = _grow(core, wet | core)
-            mask = ndi.binary_closing(grown, iterations=1) & near
+            wet = box_open(water & near, 1)
+            grown = _grow(core & wet, wet)
+            if not grown.any():
+                grown = core
+            mask = box_close(grown, 1) & near
             filled = ndi.binary_fill_holes(mask)
             if filled.sum() >= 10:
-                return OrganResult(filled, 0.85, f"PET SUV >= {config.bladder_suv:g} in the "
-                                   "midline pelvis, refined by CT water density")
+                return OrganResult(full(filled), 0.85, f"PET SUV >= {config.bladder_suv:g} in "
+                                   "the midline pelvis, refined by CT water density")
     # CT only: the water-density blob above the symphysis
-    wet = ndi.binary_opening(water & region, iterations=2)
+    wet = box_open(water, 2)
     lab, sizes = _components(wet)
     sizes[0] = 0
     if sizes.max() * grid.spacing_mm**3 / 1000.0 < 20.0:
         return OrganResult(None, 0.0, "no PET bladder focus and no water-density blob >= 20 mL "
                            "above the symphysis")
-    mask = ndi.binary_dilation(lab == int(np.argmax(sizes)), iterations=2) & water
-    return OrganResult(ndi.binary_fill_holes(mask), 0.5, "CT only: largest water-density "
+    mask = box_dilate(lab == int(np.argmax(sizes)), 2) & water
+    return OrganResult(full(ndi.binary_fill_holes(mask)), 0.5, "CT only: largest water-density "
                        "blob in the midline pelvis (no PET focus)")
 
 
 def _paired_hot(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, x_mid: float, *,
                 suv: float, zlim: tuple[float, float], lateral: tuple[float, float],
                 min_ml: float) -> NDArray[np.bool_]:
-    zz, _yy, xx = _coords(grid)
-    lat = np.abs(xx - x_mid)
-    hot = (pet >= suv) & t.body & ~t.bone & (zz >= zlim[0]) & (zz <= zlim[1]) & (
-        lat >= lateral[0]) & (lat <= lateral[1])
+    zs = grid.z_mm()
+    ks = np.flatnonzero((zs >= zlim[0]) & (zs <= zlim[1]))
+    out = np.zeros(t.body.shape, dtype=bool)
+    if ks.size == 0:
+        return out
+    zsl = slice(int(ks[0]), int(ks[-1]) + 1)
+    lat = np.abs(grid.x_mm() - x_mid)[None, None, :]
+    hot = (pet[zsl] >= suv) & t.body[zsl] & ~t.bone[zsl] & (lat >= lateral[0]) & (
+        lat <= lateral[1])
     lab, sizes = _components(hot)
     keep = sizes * grid.spacing_mm**3 / 1000.0 >= min_ml
     keep[0] = False
-    return keep[lab]
+    out[zsl] = keep[lab]
+    return out
 
 
 def find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissues,
@@ -133,20 +152,25 @@ def find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tis
             if kid.any() else OrganResult(None, 0.0, "no renal uptake found below the "
                                           "diaphragm"))
         # liver and spleen: moderate uptake, soft-tissue density, right / left upper abdomen
-        soft = (hu > 20.0) & (hu < 120.0) & t.body & ~t.bone & ~t.lungs
-        zz, _yy, xx = _coords(grid)
-        upper = (zz <= dz + 40.0) & (zz >= dz - 220.0)
+        ks = np.flatnonzero((zs <= dz + 40.0) & (zs >= dz - 220.0))
+        zsl = slice(int(ks[0]), int(ks[-1]) + 1) if ks.size else slice(0, 0)
+        soft = (hu[zsl] > 20.0) & (hu[zsl] < 120.0) & t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl]
+        xx = grid.x_mm()[None, None, :]
+        pet_up = pet[zsl]
+        kid_near = box_dilate(kid[zsl], 2) if kid.any() else None
         for label, side, lo_suv in ((AnatomyLabel.LIVER, -1.0, config.organ_suv),
                                     (AnatomyLabel.SPLEEN, 1.0, config.organ_suv)):
-            cand = soft & upper & (pet >= lo_suv) & (side * (xx - frame.x_mid_mm) > 15.0)
-            if kid.any():
-                cand &= ~ndi.binary_dilation(kid, iterations=2)
-            cand = ndi.binary_opening(cand, iterations=1)
+            cand = soft & (pet_up >= lo_suv) & (side * (xx - frame.x_mid_mm) > 15.0)
+            if kid_near is not None:
+                cand &= ~kid_near
+            cand = box_open(cand, 1)
             lab, sizes = _components(cand)
             sizes[0] = 0
             min_ml = 500.0 if label is AnatomyLabel.LIVER else 50.0
-            if sizes.max() * grid.spacing_mm**3 / 1000.0 >= min_ml:
-                out[label] = OrganResult(lab == int(np.argmax(sizes)), 0.6,
+            if sizes.size > 1 and sizes.max() * grid.spacing_mm**3 / 1000.0 >= min_ml:
+                organ = np.zeros(t.body.shape, dtype=bool)
+                organ[zsl] = lab == int(np.argmax(sizes))
+                out[label] = OrganResult(organ, 0.6,
                                          f"largest soft-tissue component with SUV >= "
                                          f"{lo_suv:g} in the {'right' if side < 0 else 'left'} "
                                          "upper abdomen")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage as ndi
 
 from imaging.anatomy.grid import WorkGrid
 from imaging.anatomy.landmarks import PelvisFrame
 from imaging.anatomy.model import AnatomyConfig
-from imaging.anatomy.tissues import Tissues
+from imaging.anatomy.tissues import Tissues, bbox, box_erode
 from imaging.vocabulary import Landmark, NodalRegion
 
 __all__ = ["REGION_ORDER", "fossa_box", "nodal_regions"]
@@ -66,8 +65,11 @@ def fossa_box(t: Tissues, grid: WorkGrid, frame: PelvisFrame,
               f"{sup[2] + config.fossa_above_symphysis_mm:.0f} mm, half-width {half_w:.0f} mm")
     if bladder is not None and bladder.any():
         r = max(1, round(config.fossa_bladder_wall_mm / grid.spacing_mm))
-        lumen = ndi.binary_erosion(bladder, iterations=r)
-        box &= ~lumen
+        bb = bbox(bladder, pad=1)
+        if bb is not None:
+            lumen = np.zeros_like(bladder)
+            lumen[bb] = box_erode(bladder[bb], r)
+            box &= ~lumen
         reason += f", bladder lumen removed (wall band {config.fossa_bladder_wall_mm:g} mm kept)"
     return box, reason
 

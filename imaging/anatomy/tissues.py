@@ -16,7 +16,8 @@ from scipy import ndimage as ndi
 
 from imaging.anatomy.model import AnatomyConfig
 
-__all__ = ["Tissues", "fill_holes_per_slice", "segment_tissues"]
+__all__ = ["Tissues", "bbox", "box_close", "box_dilate", "box_erode", "box_open",
+           "fill_holes_per_slice", "segment_tissues"]
 
 _INPLANE = np.zeros((3, 3, 3), dtype=bool)
 _INPLANE[1] = True
@@ -41,6 +42,41 @@ def _erode(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bo
 def _dilate(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
     return ndi.maximum_filter(mask.view(np.uint8), size=size, mode="constant",
                               cval=0).astype(bool)
+
+
+def box_erode(mask: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
+    """Erosion by a (2r+1)^3 cube (separable, fast)."""
+    return _erode(mask, (2 * r + 1,) * 3) if r > 0 else mask
+
+
+def box_dilate(mask: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
+    """Dilation by a (2r+1)^3 cube (separable, fast)."""
+    return _dilate(mask, (2 * r + 1,) * 3) if r > 0 else mask
+
+
+def box_open(mask: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
+    """Opening by a (2r+1)^3 cube."""
+    return box_dilate(box_erode(mask, r), r)
+
+
+def box_close(mask: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
+    """Closing by a (2r+1)^3 cube (no shrinking at the array border)."""
+    padded = np.pad(mask, r)
+    out = box_erode(box_dilate(padded, r), r)
+    return out[r:-r, r:-r, r:-r] if r > 0 else out
+
+
+def bbox(mask: NDArray[np.bool_], pad: int = 0) -> tuple[slice, slice, slice] | None:
+    """Index box of the True voxels, grown by ``pad`` (clipped); None when empty."""
+    out = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        if idx.size == 0:
+            return None
+        out.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1,
+                                                       mask.shape[axis])))
+    return (out[0], out[1], out[2])
 
 
 def fill_holes_per_slice(mask: NDArray[np.bool_]) -> tuple[NDArray[np.bool_], NDArray[np.int32]]:
@@ -203,6 +239,10 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
             top = zs[-1]
             # trachea: the narrow run of slices above the apices
             narrow = area < config.trachea_max_area_cm2
+            # vessels and nodules inside the lungs belong to them: close, then fill per slice
+            r = max(1, round(config.lung_closing_mm / spacing_mm / 2))
+            lungs = (box_close(lungs, r) & body) | lungs
+            lungs, _ = fill_holes_per_slice(lungs)
             wide = np.flatnonzero(~narrow[: top + 1])
             if wide.size and wide[-1] < top and wide[-1] > zs[0]:
                 lungs[wide[-1] + 1:] = False
