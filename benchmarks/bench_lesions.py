@@ -21,13 +21,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-from numpy.typing import NDArray  # noqa: E402
-from scipy import ndimage  # noqa: E402
+import numpy as np
+from numpy.typing import NDArray
+from scipy import ndimage
 
-from imaging.lesions import LesionConfig, find_lesions  # noqa: E402
-from imaging.vocabulary import AnatomyLabel as A  # noqa: E402
-from imaging.volume import Volume  # noqa: E402
+from imaging.lesions import LesionConfig, find_lesions
+from imaging.vocabulary import AnatomyLabel as A
+from imaging.volume import Volume
 
 SHAPE = (400, 200, 200)
 SPACING = (3.0, 4.07, 4.07)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from imaging.errors import ConfigError
 from imaging.lesions import PRESETS, LesionResult, find_lesions
 from imaging.vocabulary import AnatomyLabel
 
@@ -50,16 +51,48 @@ DEFAULT_METHODS = ["suv3", "suv2.5", "suv4", "percist", "qpsma", "qpsma-percist"
                    "suv3-iso50", "suv3-split"]
 
 
-def load_patient(seed: int, size: str, cache: Path | None) -> Any:
-    """Generate (or read from the cache) the synthetic patient of ``seed``."""
+RICH_SITES = ["fossa", "node_external_iliac", "node_internal_iliac", "node_obturator",
+              "node_common_iliac", "node_presacral", "node_perirectal", "node_retroperitoneal",
+              "node_mediastinal", "node_supraclavicular", "node_inguinal", "bone_vertebra",
+              "bone_pelvis", "bone_sacrum", "bone_rib", "bone_femur", "visceral_lung",
+              "visceral_liver", "visceral_adrenal"]
+
+
+def rich_specs(seed: int, n: int = 8) -> list[Any]:
+    """``n`` lesions at distinct random sites; fossa lesions abut the bladder half the time."""
+    from fixtures.phantom import LesionSpec
+
+    rng = np.random.default_rng(seed)
+    sites = rng.choice(RICH_SITES, size=n, replace=False)
+    specs = []
+    for site in sites:
+        abut = None
+        if site == "fossa" and rng.random() < 0.5:
+            abut = "urinary_bladder"
+        elif site in ("node_internal_iliac", "node_retroperitoneal") and rng.random() < 0.3:
+            abut = "ureters"
+        specs.append(LesionSpec(site=str(site), abut=abut))
+    return specs
+
+
+def load_patient(seed: int, size: str, cache: Path | None, design: str = "rich") -> Any:
+    """Generate (or read from the cache) the synthetic patient of ``seed``.
+
+    ``design="stages"`` cycles the four study groups with the phantom's own lesion mix;
+    ``design="rich"`` asks for 8 lesions at distinct sites (more lesions per scan to measure
+    sensitivity on).
+    """
     from fixtures.phantom import generate_patient
 
-    stage = STAGES[seed % len(STAGES)]
-    path = cache / f"patient-{size}-{seed}.pkl" if cache else None
+    path = cache / f"patient-{size}-{design}-{seed}.pkl" if cache else None
     if path is not None and path.exists():
         with path.open("rb") as fh:
             return pickle.load(fh)
-    patient = generate_patient(seed, size=size, stage=stage)  # type: ignore[arg-type]
+    if design == "rich":
+        patient = generate_patient(seed, size=size, lesions=rich_specs(seed))  # type: ignore[arg-type]
+    else:
+        patient = generate_patient(seed, size=size,  # type: ignore[arg-type]
+                                   stage=STAGES[seed % len(STAGES)])
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -284,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
                         choices=sorted(PRESETS), help="method presets to compare")
+    parser.add_argument("--design", choices=["rich", "stages"], default="rich",
+                        help="rich: 8 lesions at distinct sites per patient; stages: the "
+                        "phantom's stage mix cycled over the four study groups")
     parser.add_argument("--anatomy", choices=["truth", "labeller", "both"], default="truth")
     parser.add_argument("--cache", type=Path, default=None,
                         help="folder to keep generated patients in (pickles)")
@@ -296,10 +332,16 @@ def main(argv: list[str] | None = None) -> int:
         s: {m: [] for m in args.methods} for s in sources}
     timings: dict[str, list[float]] = {m: [] for m in args.methods}
     picture: tuple[Any, LesionResult] | None = None
+    skipped: list[int] = []
     for n in range(args.patients):
         seed = args.first_seed + n
         t0 = time.perf_counter()
-        patient = load_patient(seed, args.size, args.cache)
+        try:
+            patient = load_patient(seed, args.size, args.cache, args.design)
+        except ConfigError as err:  # the phantom could not place a lesion for this seed
+            print(f"patient seed {seed} skipped: {err}", file=sys.stderr)
+            skipped.append(seed)
+            continue
         organs = truth_masks(patient)
         t_gen = time.perf_counter() - t0
         for source in sources:
@@ -328,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     report = {
         "command": " ".join(["benchmarks/validate_lesions.py", *(argv or sys.argv[1:])]),
-        "size": args.size, "seeds": [args.first_seed, args.first_seed + args.patients - 1],
-        "stages_cycled": STAGES,
+        "size": args.size, "design": args.design,
+        "seeds": [args.first_seed, args.first_seed + args.patients - 1],
+        "stages_cycled": STAGES, "seeds_skipped_by_phantom": skipped,
         "median_seconds_per_scan": {m: float(np.median(t)) for m, t in timings.items() if t},
         "summary": summary, "table": table,
     }

@@ -554,12 +554,21 @@ def find_lesions(
     notes.extend(f"no {o.value} mask: its uptake is not excluded"
                  for o in config.excluded_organs if o not in masks)
     margins: dict[AnatomyLabel, float] = {}
-    spill_levels: dict[AnatomyLabel, float] = {}
+    spill = _Spill()
+    if config.spill_correction and excl_present:
+        _model_spill(arr, zones, excl_present, suv.spacing, config, t_min, spill, thresholds,
+                     [o for o in masks if o not in _BACKGROUND_LABELS])
+        if spill.parts:
+            keep = (cvals - spill.at(ccoords)) >= thr
     for organ in excl_present:
-        margins[organ], spill_levels[organ] = _spill_margin(
-            arr, zones, organ, suv.spacing, base_mm=config.margin_mm(organ), threshold=t_min,
-            max_mm=config.spill_margin_max_mm, organ_floor=dict(organ_floor),
-            adaptive_margin_mm=margin_mm, excluded_organs=excl_present)
+        if f"spill_scale:{organ.value}" in thresholds:
+            margins[organ] = config.margin_mm(organ)
+        else:
+            margins[organ], _ = _spill_margin(
+                arr, zones, organ, suv.spacing, base_mm=config.margin_mm(organ),
+                threshold=t_min, max_mm=config.spill_margin_max_mm,
+                organ_floor=dict(organ_floor), adaptive_margin_mm=margin_mm,
+                excluded_organs=excl_present)
         thresholds[f"margin_mm:{organ.value}"] = margins[organ]
         idx = np.flatnonzero(keep)
         keep[idx[zones.hits(organ, ccoords[idx], margins[organ])]] = False
@@ -573,7 +582,8 @@ def find_lesions(
     # 3. Organ spill-over next to hard-excluded organs (peak on the excluded organ's rim).
     touched: dict[AnatomyLabel, NDArray[np.intp]] = {}
     if excl_present and n and config.spill_drop:
-        fg, lab, n, touched = _remove_spill(arr, fg, lab, n, zones, margins, suv.spacing, config)
+        fg, lab, n, touched = _remove_spill(arr, fg, lab, n, zones, margins, suv.spacing, config,
+                                            spill)
         fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
 
     # 4. Optional split and isocontour refinement.
@@ -660,6 +670,136 @@ def _max_voxels(
     return np.asarray(order[starts], dtype=np.intp)
 
 
+class _Spill:
+    """Modelled partial-volume spill of hot excluded organs, stored as crops (SUV)."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[NDArray[np.intp], NDArray[np.float64]]] = []
+
+    def add(self, lo: NDArray[np.intp], values: NDArray[np.float64]) -> None:
+        self.parts.append((lo, values))
+
+    def at(self, coords: NDArray[np.intp]) -> NDArray[np.float64]:
+        """Spill at voxels ``coords`` (n, 3)."""
+        out = np.zeros(len(coords))
+        for lo, values in self.parts:
+            local = coords - lo
+            ok = np.all((local >= 0) & (local < np.asarray(values.shape)), axis=1)
+            out[ok] += values[tuple(local[ok].T)]
+        return out
+
+    def crop(self, box: tuple[slice, slice, slice]) -> NDArray[np.float64]:
+        """Spill on the crop ``box`` of the full grid."""
+        out = np.zeros(tuple(s.stop - s.start for s in box))
+        for lo, values in self.parts:
+            src = [slice(max(b.start - int(l0), 0), min(b.stop - int(l0), n))
+                   for b, l0, n in zip(box, lo, values.shape, strict=True)]
+            if any(sl.stop <= sl.start for sl in src):
+                continue
+            dst = [slice(sl.start + int(l0) - b.start, sl.stop + int(l0) - b.start)
+                   for sl, l0, b in zip(src, lo, box, strict=True)]
+            out[dst[0], dst[1], dst[2]] += values[src[0], src[1], src[2]]
+        return out
+
+
+def _fit_spill(
+    arr: NDArray[np.floating], zones: Zones, organ: AnatomyLabel,
+    spacing: tuple[float, float, float], *, sigmas_mm: Sequence[float], reach_mm: float,
+    others: Sequence[AnatomyLabel],
+) -> tuple[NDArray[np.intp], NDArray[np.float64], float, float] | None:
+    """Fit ``SUV = a * (G_sigma * mask) + b`` in the shell around an organ.
+
+    ``G_sigma`` is a Gaussian PSF; among ``sigmas_mm`` the best least-squares fit wins
+    (robust: two passes dropping residuals beyond 3 MAD, so lesions next to the organ do not
+    drive the fit). Voxels of ``others`` masks are left out of the shell. Returns the crop
+    origin, the spill ``a * G_sigma * mask`` outside the organ (0 inside), ``a`` and sigma, or
+    ``None`` if the organ is absent or the fit is not usable.
+    """
+    box = zones.bbox(organ)
+    mask = zones.mask(organ)
+    if box is None or mask is None:
+        return None
+    reach = np.ceil(reach_mm / np.asarray(spacing)).astype(int) + 1
+    lo = np.array([max(s.start - int(r), 0) for s, r in zip(box, reach, strict=True)])
+    hi = np.array([min(s.stop + int(r), n) for s, r, n in zip(box, reach, mask.shape,
+                                                              strict=True)])
+    sl = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+    m = np.asarray(mask[sl])
+    y = np.asarray(arr[sl], dtype=np.float64)
+    dist = ndimage.distance_transform_edt(~m, sampling=spacing)
+    shell = (dist > 0) & (dist <= reach_mm)
+    for key in others:
+        other = zones.mask(key)
+        if key != organ and other is not None:
+            shell &= ~np.asarray(other[sl])
+    if np.count_nonzero(shell) < 20:
+        return None
+    ys = y[shell]
+    mf = m.astype(np.float64)
+    best: tuple[float, float, float, float, NDArray[np.float64]] | None = None
+    for sigma in sigmas_mm:
+        g = ndimage.gaussian_filter(mf, [sigma / sp for sp in spacing], mode="constant")
+        gs = g[shell]
+        use = np.ones(gs.size, dtype=bool)
+        for _ in range(3):
+            design = np.stack([gs[use], np.ones(int(use.sum()))], axis=1)
+            coef, *_ = np.linalg.lstsq(design, ys[use], rcond=None)
+            resid = ys - (coef[0] * gs + coef[1])
+            mad = float(np.median(np.abs(resid[use] - np.median(resid[use])))) * 1.4826
+            use = np.abs(resid) <= 3 * max(mad, 1e-6)
+        sse = float(np.mean(resid[use] ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, float(coef[0]), float(coef[1]), float(sigma), g)
+    assert best is not None
+    _, a, _, sigma, g = best
+    if a <= 0:
+        return None
+    spill = a * g
+    spill[m] = 0.0
+    return lo, spill, a, sigma
+
+
+def _model_spill(
+    arr: NDArray[np.floating], zones: Zones, organs: Sequence[AnatomyLabel],
+    spacing: tuple[float, float, float], config: LesionConfig, threshold: float,
+    spill: _Spill, record: dict[str, float], others: Sequence[AnatomyLabel],
+) -> None:
+    """Fit the spill of every hot excluded organ into ``spill`` (PSF fitted once, or given)."""
+    reach = 12.0 if config.psf_fwhm_mm is None else 2.0 * config.psf_fwhm_mm
+    hot: list[AnatomyLabel] = []
+    for organ in organs:
+        box = zones.bbox(organ)
+        mask = zones.mask(organ)
+        if box is None or mask is None:
+            continue
+        vals = np.asarray(arr[box])[np.asarray(mask[box])]
+        if vals.size and float(np.percentile(vals, 90)) >= threshold:
+            hot.append(organ)
+    if not hot:
+        return
+    if config.psf_fwhm_mm is not None:
+        sigmas = [config.psf_fwhm_mm / 2.3548]
+    else:
+        # PSF from the most compact hot organ (smallest bounding box), then reused.
+        def size(o: AnatomyLabel) -> int:
+            b = zones.bbox(o)
+            return int(np.prod([s.stop - s.start for s in b])) if b else 0
+        probe = min(hot, key=size)
+        fit = _fit_spill(arr, zones, probe, spacing, sigmas_mm=(1.5, 2.0, 2.5, 3.0, 3.5, 4.5),
+                         reach_mm=reach, others=others)
+        if fit is None:
+            return
+        sigmas = [fit[3]]
+        reach = max(reach, 4.0 * fit[3])
+    record["psf_fwhm_mm"] = float(sigmas[0] * 2.3548)
+    for organ in hot:
+        fit = _fit_spill(arr, zones, organ, spacing, sigmas_mm=sigmas, reach_mm=reach,
+                         others=others)
+        if fit is not None:
+            spill.add(fit[0], fit[1])
+            record[f"spill_scale:{organ.value}"] = fit[2]
+
+
 def _spill_margin(
     arr: NDArray[np.floating], zones: Zones, organ: AnatomyLabel,
     spacing: tuple[float, float, float], *, base_mm: float, threshold: float, max_mm: float,
@@ -721,7 +861,7 @@ def _spill_margin(
 def _remove_spill(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
     zones: Zones, excluded: Mapping[AnatomyLabel, float], spacing: tuple[float, float, float],
-    config: LesionConfig,
+    config: LesionConfig, spill: _Spill,
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], int, dict[AnatomyLabel, NDArray[np.intp]]]:
     """Remove the partial-volume spill of hard-excluded organs from the components touching them.
 
@@ -767,7 +907,7 @@ def _remove_spill(
         rim = np.zeros_like(comp)
         for organ, margin in excluded.items():
             rim |= zones.crop(organ, margin + step, box)
-        img = np.asarray(arr[box], dtype=np.float64)
+        img = np.asarray(arr[box], dtype=np.float64) - spill.crop(box)
         peaks = h_maxima(np.where(comp, img, 0.0), config.spill_prominence_suv) & comp & ~rim
         own, n_own = cc3d.connected_components(peaks, connectivity=26, return_N=True)
         if n_own == 0:

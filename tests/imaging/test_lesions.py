@@ -349,14 +349,33 @@ def test_physiological_organs_are_not_lesions_and_real_lesions_are_found() -> No
 
 def test_lesion_next_to_the_bladder_is_kept_but_equivocal() -> None:
     arr, masks = _patient()
-    beside = ((30.0, 100.0, 162.0), 7.0, 14.0)  # its edge 4 mm from the bladder mask
-    result = find_lesions(_suv(_with_lesions(arr, [beside])), anatomy=masks)
-    near = [les for les in result.lesions if abs(les.centroid_mm[2] - 30) < 15]
-    assert near, "lesion beside the bladder was lost"
-    assert all(les.equivocal for les in near)
-    assert "urinary_bladder" in str(near[0].equivocal_reason)
-    assert result.psma_tv_ml == pytest.approx(
-        sum(les.volume_ml for les in result.lesions if not les.equivocal))
+    touching = ((30.0, 100.0, 158.0), 7.0, 14.0)  # its edge on the bladder wall
+    result = find_lesions(_suv(_with_lesions(arr, [touching])), anatomy=masks)
+    assert result.lesion_count == 1
+    les = result.lesions[0]
+    assert les.centroid_mm[0] == pytest.approx(160.0, abs=4.0)
+    assert les.equivocal
+    assert "urinary_bladder" in str(les.equivocal_reason)
+    assert result.psma_tv_ml == 0.0
+    # The bladder's partial-volume halo is modelled (PSF fitted, scale = bladder SUV)...
+    assert result.thresholds["psf_fwhm_mm"] == pytest.approx(7.0, abs=1.0)
+    assert result.thresholds["spill_scale:urinary_bladder"] == pytest.approx(60.0, rel=0.15)
+
+
+def test_lesion_near_but_not_touching_the_bladder_keeps_its_size() -> None:
+    arr, masks = _patient()
+    near = ((30.0, 100.0, 162.0), 7.0, 14.0)  # 8 mm from the bladder mask
+    alone = _suv(_with_lesions(np.where(masks[A.BODY], 0.6, 0.0), [near]))
+    ref = find_lesions(alone, anatomy={}).lesions[0]
+    result = find_lesions(_suv(_with_lesions(arr, [near])), anatomy=masks)
+    assert result.lesion_count == 1
+    les = result.lesions[0]
+    assert not les.equivocal
+    # Spill correction leaves the lesion as it would be away from the bladder (within a voxel).
+    assert abs(les.voxel_count - ref.voxel_count) <= 6
+    without = find_lesions(_suv(_with_lesions(arr, [near])), anatomy=masks,
+                           config=LesionConfig(spill_correction=False))
+    assert without.lesion_count <= 1
 
 
 def test_small_faint_paravertebral_focus_is_ganglion_like_equivocal() -> None:
