@@ -427,17 +427,18 @@ def _fit_cox(
                 "no patients"
             continue
         if c in treatments:
-            for arm in (0.0, 1.0):
-                arm_events = int(df.loc[df[c] == arm, event_col].sum())
-                if arm_events == 0:
-                    dropped[c] = (f"no events in the {c}={arm:g} arm (monotone likelihood): "
-                                  "hazard ratio not estimable")
-                    warn(FewEventsInArmWarning, f"{c}: {dropped[c]}")
-                    break
-                if arm_events < MIN_EVENTS_PER_ARM:
+            arm_events = {arm: int(df.loc[df[c] == arm, event_col].sum()) for arm in (0.0, 1.0)}
+            empty = [arm for arm, k in arm_events.items() if k == 0]
+            if empty:
+                dropped[c] = (f"no events in the {c}={empty[0]:g} arm (monotone likelihood): "
+                              "hazard ratio not estimable")
+                warn(FewEventsInArmWarning, f"{c}: {dropped[c]}")
+                continue
+            for arm, k in arm_events.items():
+                if k < MIN_EVENTS_PER_ARM:
                     warn(FewEventsInArmWarning,
-                         f"{c}: only {arm_events} event in the {c}={arm:g} arm; the hazard "
-                         "ratio is unreliable")
+                         f"{c}: only {k} event in the {c}={arm:g} arm; the hazard ratio is "
+                         "unreliable")
     for c, why in dropped.items():
         if c in treatments and "arm" not in why:
             warn(FewEventsInArmWarning, f"{c}: {why}; treatment effect not estimable")

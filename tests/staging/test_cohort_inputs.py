@@ -133,6 +133,17 @@ def test_treatment_arm_without_events() -> None:
     assert eff.summary.set_index(["model", "term"]).loc[("N1/M1a", "adt"), "status"] == "fitted"
 
 
+def test_treatment_arm_with_one_event_is_flagged_but_fitted() -> None:
+    data = _cohort().data
+    arm = data.index[(data["group"] == "N1/M1a") & (data["wprt"] == 1)
+                     & (data["pfs_event"] == 1)]
+    data.loc[arm[1:], "pfs_event"] = 0
+    with pytest.warns(FewEventsInArmWarning, match=r"wprt: only 1 event in the wprt=1 arm") as rec:
+        eff = fit_treatment_effects(Cohort.from_frame(data), stratified=False)
+    assert len([w for w in rec if "wprt" in str(w.message)]) == 1
+    assert eff.summary.set_index(["model", "term"]).loc[("N1/M1a", "wprt"), "status"] == "fitted"
+
+
 def test_constant_treatment_in_a_group() -> None:
     data = _cohort().data
     data.loc[data["group"] == "T0N0M0", "adt"] = 1
