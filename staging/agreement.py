@@ -182,7 +182,8 @@ def _kappa_from_counts(conf: NDArray[Any], w: NDArray[np.float64]) -> NDArray[np
     den = (w * expected).sum(axis=(-2, -1))
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(den > 0, 1.0 - num / np.where(den > 0, den, 1.0), np.nan)
-    return np.asarray(out, dtype=np.float64)
+    # round off floating-point residue (1 - x/x = -2e-16 must read as 0)
+    return np.asarray(np.round(out, 12), dtype=np.float64)
 
 
 def cohen_kappa(reference: Sequence[int] | NDArray[np.integer], predicted: Sequence[int] |
@@ -217,7 +218,7 @@ def cohen_kappa(reference: Sequence[int] | NDArray[np.integer], predicted: Seque
     p = np.asarray(predicted, dtype=np.int64)
     _check_codes(r, p, n_classes)
     conf = np.bincount(r * n_classes + p, minlength=n_classes**2).reshape(n_classes, n_classes)
-    return round(float(_kappa_from_counts(conf, _weight_matrix(n_classes, weights))), 12)
+    return float(_kappa_from_counts(conf, _weight_matrix(n_classes, weights)))
 
 
 def _check_codes(r: NDArray[np.int64], p: NDArray[np.int64], k: int) -> None:
