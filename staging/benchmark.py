@@ -1056,7 +1056,7 @@ def _plots(result: BenchmarkResult, folder: Path) -> dict[str, str]:
                             label=f"{row['method']} ({_KIND_LABEL[kind]})")
         ax.set_xlabel("false-positive lesions per scan")
         ax.set_ylabel("lesion sensitivity")
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(-0.03, 1.05)
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")

@@ -402,3 +402,34 @@ def test_bootstrap_mean_ci_brackets_the_mean() -> None:
 def test_scoring_options_default_to_autopet3_and_pi_cai_threshold() -> None:
     opts = ScoringOptions()
     assert (opts.rules, opts.min_iou, opts.resample) == ("autopet3", 0.10, False)
+
+
+@pytest.mark.slow
+def test_shared_runner_on_a_phantom_runs_the_real_pipeline(tmp_path: Path) -> None:
+    from fixtures.phantom import generate_patient
+    from fixtures.phantom.writers import write_patient
+    from staging.benchmark import shared_runner
+    from staging.config import load_config
+    from staging.models import GROUPS
+
+    patient = generate_patient(5, size="small", stage="N1/M1a")
+    folder = write_patient(patient, tmp_path / "cohort", format="nifti")
+    case = discover_input(tmp_path / "cohort")[patient.patient_id]
+    assert case.kind == "nifti"
+    methods = [parse_method("suv3=lesion.preset=suv3"), parse_method("suv4=lesion.preset=suv4")]
+    produced = shared_runner(case, [(m.name, load_config(**m.overrides)) for m in methods])
+    assert set(produced) == {"suv3", "suv4"}
+    # load and anatomy ran once: both methods carry the same shared time
+    assert produced["suv3"].shared_seconds == produced["suv4"].shared_seconds > 0
+    truth = json.loads((folder / "truth.json").read_text())
+    cats = {int(les["id"]): les["category"] for les in truth["lesions"]}
+    for name, out in produced.items():
+        assert out.staging is not None
+        assert out.staging["group"] in GROUPS, name
+        score = score_pair(out.labels, folder / "nifti" / "LESIONS.nii.gz", categories=cats,
+                           prediction_instances="labels")
+        assert score.hungarian.n_reference == len(cats)
+        found = np.asarray(out.labels.array)
+        assert score.hungarian.n_predicted == np.unique(found[found > 0]).size
+        assert score.voxel.reference_volume_ml == pytest.approx(
+            sum(les["volume_ml"] for les in truth["lesions"]), rel=0.5)
