@@ -157,7 +157,8 @@ def score(result: LesionResult, patient: Any,
     for les in lesions:
         t = int(les["id"]) - 1
         row = {"id": les["id"], "category": les["category"], "volume_ml": les["volume_ml"],
-               "suv_max": les["suv_max"], "near": les.get("near", []),
+               "suv_max": les["suv_max"], "suv_intended": les.get("suv_intended"),
+               "near": les.get("near", []), "patient_id": patient.patient_id,
                "detected": bool(detected[t])}
         if detected[t]:
             p = int(np.argmax(overlap[t]))
@@ -195,7 +196,8 @@ def summarise(scores: list[dict[str, Any]]) -> dict[str, Any]:
         "acceptance_lesions": len(acc),
         "sensitivity_acceptance": ratio(sum(r["detected"] for r in acc), len(acc)),
         "sensitivity_all": ratio(sum(r["detected"] for r in truth), len(truth)),
-        "missed_acceptance": [{k: r[k] for k in ("category", "volume_ml", "suv_max", "near")}
+        "missed_acceptance": [{k: r[k] for k in ("patient_id", "category", "volume_ml",
+                                                 "suv_max", "suv_intended", "near")}
                               for r in acc if not r["detected"]],
         "equivocal_share_of_detected": ratio(
             sum(bool(r.get("found_equivocal")) for r in truth if r["detected"]),

@@ -79,6 +79,10 @@ class LesionConfig:
     isocontour_fraction : float or None
         Per-lesion refinement at this fraction of the lesion SUVmax (0.41 or 0.50, EANM FDG
         guideline [R]); ``None`` keeps the threshold segmentation.
+    isocontour_background : bool
+        Background-adapted isocontour: level = ``B + fraction x (SUVmax - B)`` with ``B`` the
+        median SUV in the ring around the lesion (the A50% variant of the EANM guideline [R]);
+        ``False`` gives the plain ``fraction x SUVmax``.
     isocontour_margin_mm : float
         The refined lesion may grow at most this far beyond the thresholded component [D].
     split : bool
@@ -162,6 +166,7 @@ class LesionConfig:
     percist_blood_pool_sd_factor: float = 2.0
     isocontour_fraction: float | None = None
     isocontour_margin_mm: float = 10.0
+    isocontour_background: bool = True
     split: bool = False
     split_prominence_suv: float = 1.0
     min_volume_ml: float = 0.1

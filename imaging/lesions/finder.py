@@ -403,8 +403,13 @@ def _isocontour(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
     config: LesionConfig, zones: Zones, excluded: Mapping[AnatomyLabel, float],
     organ_floor: list[tuple[AnatomyLabel, float]], spacing: tuple[float, float, float],
+    spill: _Spill,
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
-    """Replace each component by the voxels >= fraction x its SUVmax connected to its maximum.
+    """Replace each component by the voxels >= its isocontour level connected to its maximum.
+
+    Level = ``B + fraction x (SUVmax - B)`` with ``B`` the median SUV of the surrounding ring
+    (background-adapted, as the EANM guideline's A50%) or ``B = 0`` (plain % of SUVmax), both on
+    the image with the modelled organ halo removed.
 
     The region may grow up to ``isocontour_margin_mm`` beyond the component, never into the
     excluded zone, and within organ-adaptive zones never below the organ threshold. Lesions are
@@ -435,6 +440,7 @@ def _isocontour(
         box = bbox_slices(pts, shape, margin_vox)
         lo = np.array([s.start for s in box])
         sub = np.asarray(arr[box], dtype=np.float64)
+        res = sub - spill.crop(box)  # organ halo removed
         comp = np.zeros(sub.shape, dtype=bool)
         comp[tuple((pts - lo).T)] = True
         allowed = _dilated_crop(comp, (slice(0, sub.shape[0]), slice(0, sub.shape[1]),
@@ -446,7 +452,15 @@ def _isocontour(
         for organ, t_org in organ_floor:
             zone = zones.crop(organ, config.exclusion_margin_mm, box)
             floor[zone] = np.maximum(floor[zone], t_org)
-        region = allowed & (sub >= max(frac * float(maxima[c]), 0.0)) & (sub >= floor)
+        top = float(res[tuple(peak - lo)])
+        background = 0.0
+        if config.isocontour_background:
+            ring = allowed & ~comp
+            if ring.any():
+                background = min(float(np.median(res[ring])), top)
+        level = background + frac * (top - background)
+        # Voxels hotter than the lesion's own maximum belong to another structure.
+        region = allowed & (res >= level) & (sub <= float(maxima[c])) & (sub >= floor)
         region[tuple(peak - lo)] = True
         cc = cc3d.connected_components(region, connectivity=config.connectivity)
         keep = cc == cc[tuple(peak - lo)]
@@ -591,7 +605,7 @@ def find_lesions(
         lab, n = _split_components(arr, fg, lab, n, config)
     if config.isocontour_fraction is not None and n:
         fg, lab, n = _isocontour(arr, fg, lab, n, config, zones, margins, organ_floor,
-                                 suv.spacing)
+                                 suv.spacing, spill)
         fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
     if n > _MAX_LABEL:
         raise LesionError(
