@@ -40,7 +40,7 @@ import pandas as pd
 from numpy.typing import NDArray
 
 from imaging.errors import ConfigError, GeometryError, LesionError, PipelineError
-from imaging.metrics import CaseScore, Instances, Rules, score_case
+from imaging.metrics import CaseScore, Instances, Rules, label_instances, score_case
 from imaging.nifti import read_nifti
 from imaging.resample import resample_to
 from imaging.volume import Volume, same_geometry
@@ -297,7 +297,9 @@ def _fmt(values: Sequence[float]) -> str:
 def score_pair(
     prediction: Path | str | Volume, reference: Path | str | Volume, *,
     options: ScoringOptions = ScoringOptions(),
-    categories: Mapping[int, str] | None = None, prediction_instances: Instances | None = None,
+    categories: Mapping[int, str] | None = None,
+    centres: Mapping[int, Sequence[float]] | None = None,
+    prediction_instances: Instances | None = None,
 ) -> CaseScore:
     """Score one predicted mask against one reference mask.
 
@@ -308,7 +310,13 @@ def score_pair(
     options : ScoringOptions
         Rules, matching threshold, label, numbering, resampling.
     categories : Mapping[int, str], optional
-        Reference lesion id -> category (reference numbered by label values then).
+        Truth lesion id -> category, for per-category sensitivity. With
+        ``reference_instances="auto"``: used directly when the reference is an instance map whose
+        values are these ids; for a binary reference (e.g. the phantom's ``SEG.nii.gz``) each
+        18-connected component takes the category of the truth lesion whose centre it holds
+        (``centres`` needed, else categories are dropped with a warning).
+    centres : Mapping[int, sequence of float], optional
+        Truth lesion id -> centre (LPS mm), from ``truth.json`` ``centre_mm``.
     prediction_instances : {"components", "labels"}, optional
         Overrides ``options.prediction_instances``.
 
@@ -321,47 +329,101 @@ def score_pair(
     GeometryError
         If the grids differ and ``options.resample`` is false.
     LesionError
-        If a mask is not binary and no label is chosen.
+        If a mask is not binary and no label is chosen, or (``reference_instances="labels"``)
+        the reference values are not the truth lesion ids.
     """
     where = f"{prediction} vs {reference}" if not isinstance(prediction, Volume) else "pair"
     pred = prediction if isinstance(prediction, Volume) else read_mask(prediction)
     ref = reference if isinstance(reference, Volume) else read_mask(reference)
     pred = _align(pred, ref, resample=options.resample, atol=options.atol, where=where)
-    ref_inst: Instances
-    if options.reference_instances == "auto":
-        ref_inst = "labels" if categories is not None else "components"
-    else:
-        ref_inst = options.reference_instances
-    if categories is not None and ref_inst == "labels":
-        _check_reference_ids(ref, categories, where=str(reference))
+    ref_inst: Instances = "components"
+    if options.reference_instances == "labels":
+        ref_inst = "labels"
+        if categories is not None and not _ids_match(ref, categories, where=str(reference)):
+            raise LesionError(
+                f"{reference}: the reference mask is binary (only the value 1) but truth.json "
+                f"lists {len(categories)} lesions; a binary mask cannot carry lesion ids. Use the "
+                "instance map (phantom LESIONS.nii.gz) or --reference-instances auto."
+            )
+    elif options.reference_instances == "auto" and categories is not None:
+        if _ids_match(ref, categories, where=str(reference)):
+            ref_inst = "labels"
+        elif centres:
+            ref, categories = _categories_by_centre(ref, categories, centres,
+                                                    label=options.label, where=str(reference))
+            ref_inst = "labels"
+        else:
+            logger.warning("%s: binary reference and no lesion centres: per-category "
+                           "sensitivity is not available for this case", reference)
+            categories = None
     return score_case(
         pred, ref, rules=options.rules, min_iou=options.min_iou, reference_instances=ref_inst,
         prediction_instances=prediction_instances or options.prediction_instances,
-        categories=categories if ref_inst == "labels" else None, label=options.label,
-        atol=options.atol,
+        categories=categories if ref_inst == "labels" else None,
+        label=options.label if ref_inst == "components" else None, atol=options.atol,
     )
 
 
-def _check_reference_ids(ref: Volume, categories: Mapping[int, str], *, where: str) -> None:
+def _ids_match(ref: Volume, categories: Mapping[int, str], *, where: str) -> bool:
+    """True if the reference values are truth lesion ids; False if it looks binary.
+
+    Raises
+    ------
+    LesionError
+        If it holds values that are neither 0/1 nor truth lesion ids.
+    """
     arr = np.asarray(ref.array)
     values = {int(v) for v in np.unique(arr[arr != 0])} if arr.any() else set()
     if values == {1} and len(categories) > 1:
-        raise LesionError(
-            f"{where}: the reference mask is binary (only the value 1) but truth.json lists "
-            f"{len(categories)} lesions; a binary mask cannot carry lesion ids and categories. "
-            "Use the instance map (phantom LESIONS.nii.gz) or --reference-instances components."
-        )
+        return False
     unknown = sorted(values - set(categories))
     if unknown:
+        if values <= {1}:
+            return False
         raise LesionError(
             f"{where}: reference mask values {unknown[:10]} are not lesion ids of the case's "
-            f"truth.json (ids {sorted(categories)[:10]}); a binary mask cannot carry lesion "
-            "categories. Use the instance map (phantom LESIONS.nii.gz) or "
-            "--reference-instances components."
+            f"truth.json (ids {sorted(categories)[:10]}). Use the instance map of this truth "
+            "(phantom LESIONS.nii.gz), a binary mask, or --reference-instances components."
         )
     absent = sorted(set(categories) - values)
     if absent:
         logger.info("%s: truth lesions %s have no voxel on the reference grid", where, absent)
+    return True
+
+
+def _categories_by_centre(
+    ref: Volume, categories: Mapping[int, str], centres: Mapping[int, Sequence[float]], *,
+    label: int | None, where: str,
+) -> tuple[Volume, dict[int, str]]:
+    """Number a binary reference by components and give each the category of its truth lesion.
+
+    A component takes the category of the truth lesion whose centre (LPS mm) falls in it (or in
+    its 3x3x3 neighbourhood, for lesions of one or two voxels).
+    """
+    labels, _ = label_instances(ref, instances="components", label=label, what=where)
+    ids = sorted(set(categories) & set(centres))
+    out: dict[int, str] = {}
+    if ids:
+        idx = np.rint(ref.world_to_index(np.array([centres[i] for i in ids], float))).astype(int)
+        padded = np.pad(labels, 1)
+        for lesion_id, (k, j, i) in zip(ids, idx, strict=True):
+            if not all(0 <= a < n for a, n in zip((k, j, i), labels.shape, strict=True)):
+                continue
+            comp = int(labels[k, j, i])
+            if comp == 0:
+                hood = padded[k:k + 3, j:j + 3, i:i + 3]
+                hood = hood[hood > 0]
+                comp = int(np.bincount(hood).argmax()) if hood.size else 0
+            if comp == 0:
+                logger.info("%s: truth lesion %d has no reference voxel at its centre",
+                            where, lesion_id)
+            elif comp in out and out[comp] != categories[lesion_id]:
+                logger.warning("%s: truth lesions of categories %s and %s share one reference "
+                               "component; it counts as %s", where, out[comp],
+                               categories[lesion_id], out[comp])
+            else:
+                out.setdefault(comp, categories[lesion_id])
+    return ref.with_array(labels.astype(np.int32), unit="label"), out
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -418,11 +480,12 @@ def score_folders(
 # -- reference set ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ReferenceCase:
-    """Reference of one case: its lesion mask and, when known, each lesion's category."""
+    """Reference of one case: its lesion mask and, when known, each lesion's category/centre."""
 
     case_id: str
     mask_path: Path | None
     categories: Mapping[int, str] | None = None
+    centres: Mapping[int, tuple[float, float, float]] | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -442,12 +505,16 @@ class ReferenceSet:
         return tuple(sorted(ids))
 
 
-def _truth_categories(path: Path) -> dict[int, str]:
+def _truth_lesions(path: Path) -> tuple[dict[int, str], dict[int, tuple[float, float, float]]]:
     try:
-        truth = json.loads(path.read_text())
-        return {int(les["id"]): str(les["category"]) for les in truth.get("lesions", [])}
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        lesions = json.loads(path.read_text()).get("lesions", [])
+        cats = {int(les["id"]): str(les["category"]) for les in lesions}
+        centres = {int(les["id"]): (float(les["centre_mm"][0]), float(les["centre_mm"][1]),
+                                    float(les["centre_mm"][2]))
+                   for les in lesions if les.get("centre_mm") is not None}
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
         raise ConfigError(f"{path}: cannot read lesion ids and categories ({err}).") from err
+    return cats, centres
 
 
 def load_reference(paths: Sequence[Path | str]) -> ReferenceSet:
@@ -474,8 +541,11 @@ def load_reference(paths: Sequence[Path | str]) -> ReferenceSet:
                 if case in cases:
                     raise ConfigError(f"{path}: reference case {case!r} also in another source.")
                 truth = path / case / "truth.json"
-                cats = _truth_categories(truth) if truth.is_file() else None
-                cases[case] = ReferenceCase(case, mask, cats)
+                if truth.is_file():
+                    cats, centres = _truth_lesions(truth)
+                    cases[case] = ReferenceCase(case, mask, cats, centres)
+                else:
+                    cases[case] = ReferenceCase(case, mask)
             if (path / "truth.csv").is_file():
                 tables.append(read_reference_table(path / "truth.csv"))
         elif path.is_file() and path.suffix.lower() == ".csv":
@@ -743,6 +813,7 @@ def _score_outcome(method: str, case_id: str, predicted: Volume | None, ref: Ref
     if predicted is None:
         return CaseOutcome(method, case_id, "missing_prediction", seconds, extra)
     score = score_pair(predicted, ref.mask_path, options=options, categories=ref.categories,
+                       centres=ref.centres,
                        prediction_instances=prediction_instances)
     return CaseOutcome(method, case_id, "ok", seconds, {**extra, **score.to_record()})
 

@@ -50,10 +50,12 @@ def _ball(centre: tuple[int, int, int], radius: float) -> NDArray[np.bool_]:
 def _reference_labels(n_lesions: int) -> NDArray[np.uint16]:
     """Instance label map with lesion ids 1..n (values = truth ids)."""
     lab = np.zeros(SHAPE, np.uint16)
-    centres = [(4, 5, 5), (11, 14, 14), (4, 14, 5), (11, 5, 14)]
     for n in range(n_lesions):
-        lab[_ball(centres[n], 2.2)] = n + 1
+        lab[_ball(_CENTRES[n], 2.2)] = n + 1
     return lab
+
+
+_CENTRES = [(4, 5, 5), (11, 14, 14), (4, 14, 5), (11, 5, 14)]
 
 
 _CATS = ["bone", "node_pelvic", "fossa", "visceral"]
@@ -74,7 +76,9 @@ def _write_phantom_like_cohort(root: Path, n_lesions: Sequence[int]) -> dict[str
         write_nifti(_volume((lab > 0).astype(np.uint8)), root / pid / "nifti" / "SEG.nii.gz")
         write_nifti(_volume(lab), root / pid / "nifti" / "LESIONS.nii.gz")
         truth = {"patient_id": pid,
-                 "lesions": [{"id": i + 1, "category": _CATS[i]} for i in range(count)]}
+                 "lesions": [{"id": i + 1, "category": _CATS[i],
+                              "centre_mm": _volume(lab).index_to_world(_CENTRES[i]).tolist()}
+                             for i in range(count)]}
         (root / pid / "truth.json").write_text(json.dumps(truth))
         counts = {c: int(c in _CATS[:count]) for c in
                   ("fossa", "node_pelvic", "node_extrapelvic", "bone", "visceral")}
@@ -333,22 +337,32 @@ def test_runner_records_a_failing_case_and_goes_on(tmp_path: Path) -> None:
     assert result.summary.loc[0, "n_scored"] == 1
 
 
-def test_binary_reference_cannot_carry_categories(tmp_path: Path) -> None:
-    labels = _write_phantom_like_cohort(tmp_path / "cohort", [2])
-    seg = tmp_path / "cohort" / "P000" / "nifti" / "SEG.nii.gz"
-    cats = {1: "bone", 2: "node_pelvic"}
+def test_binary_reference_takes_categories_from_truth_centres(tmp_path: Path) -> None:
     from imaging.errors import LesionError
 
-    with pytest.raises(LesionError, match="binary"):
-        score_pair(_volume((labels["P000"] > 0).astype(np.uint8)), seg, categories=cats)
-    with pytest.raises(LesionError, match="not lesion ids"):
-        score_pair(seg, tmp_path / "cohort" / "P000" / "nifti" / "LESIONS.nii.gz",
-                   categories={1: "bone", 5: "visceral"})
-    # the instance map works, and a lesion split off the grid is only logged
-    lesions = tmp_path / "cohort" / "P000" / "nifti" / "LESIONS.nii.gz"
-    score = score_pair(_volume((labels["P000"] == 1).astype(np.uint8)), lesions,
-                       categories={**cats, 3: "visceral"})
+    labels = _write_phantom_like_cohort(tmp_path / "cohort", [2])
+    folder = tmp_path / "cohort" / "P000"
+    seg, lesions = folder / "nifti" / "SEG.nii.gz", folder / "nifti" / "LESIONS.nii.gz"
+    cats = {1: "bone", 2: "node_pelvic"}
+    truth = json.loads((folder / "truth.json").read_text())
+    centres = {les["id"]: les["centre_mm"] for les in truth["lesions"]}
+    finds_bone = _volume((labels["P000"] == 1).astype(np.uint8))
+    # binary SEG.nii.gz: each component takes the category of the truth centre it holds
+    score = score_pair(finds_bone, seg, categories=cats, centres=centres)
     assert score.hungarian.per_category() == {"bone": (1, 1), "node_pelvic": (1, 0)}
+    # the instance map gives the same, and a truth lesion absent from the grid is only logged
+    same = score_pair(finds_bone, lesions, categories={**cats, 3: "visceral"})
+    assert same.hungarian.per_category() == score.hungarian.per_category()
+    # without centres a binary reference still scores, without categories
+    plain = score_pair(finds_bone, seg, categories=cats)
+    assert plain.hungarian.per_category() == {}
+    assert plain.hungarian.tp_reference == 1
+    # forcing label numbering on a binary mask, or ids that are not the truth's, is refused
+    with pytest.raises(LesionError, match="binary"):
+        score_pair(finds_bone, seg, categories=cats,
+                   options=ScoringOptions(reference_instances="labels"))
+    with pytest.raises(LesionError, match="not lesion ids"):
+        score_pair(seg, lesions, categories={1: "bone", 5: "visceral"})
 
 
 def test_runner_and_inputs_reject_bad_setups(tmp_path: Path) -> None:
