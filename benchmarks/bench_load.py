@@ -143,16 +143,16 @@ def run(root: Path, repeats: int) -> dict[str, object]:
     sizes = generate_study(root)
     _drop_caches_hint(root)
     repo = Path(__file__).resolve().parents[1]
-    ours = []
+    dcm2niix = shutil.which("dcm2niix")
+    ours: list[dict[str, float]] = []
+    theirs: list[float] = []
+    theirs_cpu: list[float] = []
+    # Interleaved (ours, dcm2niix, ours, ...) so that both see the same machine load.
     for _ in range(repeats):
         out = subprocess.run([sys.executable, "-c", _CHILD, str(root)], cwd=repo, check=True,
                              capture_output=True, text=True)
         ours.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    dcm2niix = shutil.which("dcm2niix")
-    theirs: list[float] = []
-    theirs_cpu: list[float] = []
-    if dcm2niix:
-        for _ in range(repeats):
+        if dcm2niix:
             with tempfile.TemporaryDirectory() as out_dir:
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
@@ -180,6 +180,9 @@ def run(root: Path, repeats: int) -> dict[str, object]:
         "dcm2niix": dcm2niix,
         "dcm2niix_runs_s": theirs,
         "dcm2niix_best_s": min(theirs) if theirs else None,
+        "dcm2niix_median_s": float(np.median(theirs)) if theirs else None,
+        "ours_median_load_s": float(np.median([float(r["load_s"]) for r in ours])),
+        "ours_median_total_s": float(np.median([float(r["total_s"]) for r in ours])),
         "dcm2niix_cpu_runs_s": theirs_cpu,
         "ours_best_load_cpu_s": min(float(r["load_cpu_s"]) for r in ours),
         "target_time_met_load": (min(theirs) >= float(best["load_s"])) if theirs else None,
@@ -191,7 +194,7 @@ def run(root: Path, repeats: int) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", type=Path, default=None, help="write the study here and keep it")
     args = parser.parse_args(argv)
     if args.keep is not None:

@@ -23,6 +23,7 @@ import struct
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -994,6 +995,35 @@ def _stored_range(header: Dataset, stored: NDArray[Any]) -> tuple[int, int]:
     return 0, 2**n - 1
 
 
+_MIN_SLICES_PER_THREAD = 32
+
+
+def _fill_slice(out: NDArray[Any], k: int, path: Path, header: Dataset, s: float, b: float,
+                is_int: bool, *, rows: int, columns: int, offset: int | None) -> None:
+    """Decode one file into ``out[k]`` with its rescale (and SUV) factors applied."""
+    stored = read_pixels(path, rows=rows, columns=columns, header=header, offset=offset)
+    if is_int:
+        info = np.iinfo(out.dtype)
+        lo, hi = _stored_range(header, stored)
+        lo, hi = sorted((lo * int(s) + int(b), hi * int(s) + int(b)))
+        if lo < info.min or hi > info.max:
+            lo, hi = sorted((int(stored.min()) * int(s) + int(b),
+                             int(stored.max()) * int(s) + int(b)))
+        if lo < info.min or hi > info.max:
+            raise DicomError(
+                f"rescaled values {lo}..{hi} overflow {out.dtype}; pass dtype=numpy.float32.",
+                path=path)
+        if s == 1:
+            np.add(stored, np.int32(b), out=out[k], casting="unsafe")
+        else:
+            np.multiply(stored, np.int32(s), out=out[k], casting="unsafe")
+            out[k] += int(b)
+    else:
+        np.multiply(stored, s, out=out[k], casting="unsafe")
+        if b != 0:
+            out[k] += np.float32(b)
+
+
 def assemble_volume(
     headers: Sequence[Dataset],
     paths: Sequence[Path],
@@ -1056,32 +1086,22 @@ def assemble_volume(
         dtype = np.int16 if integral else np.float32
     out = np.empty((n, geom.rows, geom.columns), dtype=dtype)
     is_int = np.issubdtype(out.dtype, np.integer)
-    for k, idx in enumerate(geom.order):
-        path = paths[idx]
-        stored = read_pixels(
-            path, rows=geom.rows, columns=geom.columns, header=headers[idx],
-            offset=None if pixel_offsets is None else pixel_offsets[idx],
-        )
-        s, b = slopes[idx], inters[idx]
-        if is_int:
-            info = np.iinfo(out.dtype)
-            lo, hi = _stored_range(headers[idx], stored)
-            lo, hi = sorted((lo * int(s) + int(b), hi * int(s) + int(b)))
-            if lo < info.min or hi > info.max:
-                lo, hi = sorted((int(stored.min()) * int(s) + int(b),
-                                 int(stored.max()) * int(s) + int(b)))
-            if lo < info.min or hi > info.max:
-                raise DicomError(
-                    f"rescaled values {lo}..{hi} overflow {out.dtype}; pass "
-                    "dtype=numpy.float32.", path=path)
-            if s == 1:
-                np.add(stored, np.int32(b), out=out[k], casting="unsafe")
-            else:
-                np.multiply(stored, np.int32(s), out=out[k], casting="unsafe")
-                out[k] += int(b)
-        else:
-            np.multiply(stored, s, out=out[k], casting="unsafe")
-            if b != 0:
-                out[k] += np.float32(b)
+
+    def fill(ks: range) -> None:
+        for k in ks:
+            idx = int(geom.order[k])
+            _fill_slice(out, k, paths[idx], headers[idx], slopes[idx], inters[idx], is_int,
+                        rows=geom.rows, columns=geom.columns,
+                        offset=None if pixel_offsets is None else pixel_offsets[idx])
+
+    if n >= 2 * _MIN_SLICES_PER_THREAD:
+        # File reads and numpy work release the GIL: two threads overlap them.
+        half = n // 2
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [pool.submit(fill, range(0, half)), pool.submit(fill, range(half, n))]
+            for future in futures:
+                future.result()  # re-raises the first error of either half
+    else:
+        fill(range(n))
     return Volume(array=out, spacing=geom.spacing, origin=tuple(geom.origin),
                   direction=geom.direction, unit=unit)

@@ -328,3 +328,20 @@ def test_random_bytes_never_crash_discovery(tmp_path: Path) -> None:
     inv = discover(tmp_path)
     assert inv.studies == ()
     assert inv.skipped == {"not_dicom": 30, "unreadable": 30}
+
+
+def test_threaded_assembly_matches_and_reports_errors(tmp_path: Path) -> None:
+    geom = Geometry(shape=(70, 8, 8), spacing=(2.0, 2.0, 2.0))
+    hu = ct_volume(geom)
+    paths = write_ct_series(tmp_path, geom=geom, hu=hu)
+    (study,) = discover(tmp_path, keep_headers=True).studies
+    series = study.series[0]
+    assert series.headers is not None
+    vol = assemble_volume(list(series.headers), list(series.files), unit="HU",
+                          pixel_offsets=series.pixel_offsets)
+    np.testing.assert_array_equal(vol.array, np.round(hu).astype(np.int16))
+    victim = paths[60]
+    victim.write_bytes(victim.read_bytes()[:-10])
+    with pytest.raises(DicomError, match=r"CT0060\.dcm: PixelData \(7FE0,0010\) is truncated"):
+        assemble_volume(list(series.headers), list(series.files), unit="HU",
+                        pixel_offsets=series.pixel_offsets)
