@@ -148,9 +148,13 @@ def _run(args: argparse.Namespace) -> int:
         analysis = analyze_cohort(cohort, spec=spec)
         out = write_cohort_report(analysis, args.out, sources=sources,
                                   overwrite=args.overwrite)
+    logged: set[tuple[str, str]] = set()
     for w in caught:
         if issubclass(w.category, CohortWarning):
-            logger.warning("%s: %s", w.category.__name__, w.message)
+            key = (w.category.__name__, str(w.message))
+            if key not in logged:  # stratification and survival check the same levels
+                logged.add(key)
+                logger.warning("%s: %s", *key)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     logger.info("%d patients analysed; report: %s", cohort.n_patients, out / "cohort.html")
