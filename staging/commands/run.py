@@ -51,6 +51,10 @@ def register(subparsers: Any) -> None:
                      help="worker processes (default: number of cores)")
     run.add_argument("--config", type=Path, default=None, metavar="FILE",
                      help="pipeline configuration TOML (defaults < file)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     dest="settings",
+                     help="override one configuration key (repeatable), as in `psma-stage "
+                     "stage`, e.g. staging.pelvic_boundary=common_iliac_bifurcation")
     run.add_argument("--manifest", type=Path, default=None, metavar="CSV",
                      help="manifest CSV listing the studies (instead of discovering INPUT)")
     run.add_argument("--resume", action="store_true",
@@ -97,12 +101,12 @@ def register(subparsers: Any) -> None:
 # run
 # --------------------------------------------------------------------------------------------
 
-def _load_config(path: Path | None) -> Any:
-    from staging.config import load_config
+def _load_config(path: Path | None, settings: list[str]) -> Any:
+    from staging.config import load_config, parse_assignments
 
     if path is not None and not path.is_file():
         raise ConfigError(f"Configuration file {path} does not exist.")
-    return load_config(path)
+    return load_config(path, **parse_assignments(settings))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -110,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}.")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {args.limit}.")
-    config = _load_config(args.config)
+    config = _load_config(args.config, args.settings)
     started = time.perf_counter()
     items = batch.discover_batch(args.input, manifest=args.manifest)
     if args.limit is not None:

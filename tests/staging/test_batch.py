@@ -271,3 +271,13 @@ def test_sigkill_at_many_moments_then_rerun_equals_uninterrupted(tmp_path: Path)
     staged = db.read_results(out / "results.db")
     assert len(staged) == 8
     assert staged["study_key"].is_unique
+
+
+def test_run_command_usage_errors_exit_2(tmp_path: Path) -> None:
+    from staging.cli import main
+
+    assert main(["run", str(tmp_path / "absent"), "-o", str(tmp_path / "o")]) == 2
+    assert main(["run", str(tmp_path), "-o", str(tmp_path / "o"), "--jobs", "0"]) == 2
+    assert main(["run", str(tmp_path), "-o", str(tmp_path / "o"), "--limit", "0"]) == 2
+    assert main(["run", str(tmp_path), "-o", str(tmp_path / "o"), "--set", "nosuch.key=1"]) == 2
+    assert not (tmp_path / "o").exists()

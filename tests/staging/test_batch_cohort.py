@@ -26,6 +26,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from staging import database as db
+from staging.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET_NAME = "Quixotefamily^Secretgiven"  # must never appear in any log line
@@ -85,19 +86,24 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cli(*args: str) -> subprocess.Popen[str]:
+def _cli(log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """``psma-stage -vv ARGS`` in a fresh process, all output (workers' too) into ``log``.
+
+    A file, not a pipe: a pipe nobody reads while the test waits would fill and block the run.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "staging.cli", "-vv", *args], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    with log.open("wb") as handle:
+        return subprocess.Popen([sys.executable, "-m", "staging.cli", "-vv", *args], cwd=REPO,
+                                env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
 def reference(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("reference") / "out"
-    proc = _cli("run", str(cohort), "-o", str(out), "--jobs", "2")
-    log, _ = proc.communicate(timeout=600)
-    return {"out": out, "code": proc.returncode, "log": log}
+    log = out.parent / "run.log"
+    proc = _cli(log, "run", str(cohort), "-o", str(out), "--jobs", "2")
+    proc.wait(timeout=900)
+    return {"out": out, "code": proc.returncode, "log": log.read_text(errors="replace")}
 
 
 def _study_state(out: Path) -> dict[str, Any]:
@@ -139,8 +145,9 @@ def test_cohort_with_broken_studies(reference: dict[str, Any]) -> None:
         assert folder.resolve().parent.parent == out.resolve()  # sanitised: inside OUTDIR
     assert set(results["group"]) <= {"T0N0M0", "TrN0M0", "N1/M1a", "M1b-M1c"}
     lesions = db.read_lesions(out / "results.db")
-    assert lesions.groupby("study_key").size().to_dict() == results.set_index(
-        "study_key")["lesion_count"].loc[lambda s: s > 0].to_dict()
+    per_study = results.set_index("study_key")
+    expected = (per_study["lesion_count"] + per_study["count_equivocal"]).loc[lambda n: n > 0]
+    assert lesions.groupby("study_key").size().to_dict() == expected.to_dict()
 
     failures = db.read_failures(out / "results.db").set_index("patient_id")
     assert sorted(failures.index) == ["BAD-DOSE", "BAD-NOCT", "BAD-TRUNC"]
@@ -164,8 +171,8 @@ def test_cohort_with_broken_studies(reference: dict[str, Any]) -> None:
 def test_sigkill_mid_run_then_rerun_equals_uninterrupted(cohort: Path, reference: dict[str, Any],
                                                          tmp_path: Path) -> None:
     out = tmp_path / "out"
-    proc = _cli("run", str(cohort), "-o", str(out), "--jobs", "2")
-    deadline = time.monotonic() + 600
+    proc = _cli(tmp_path / "killed.log", "run", str(cohort), "-o", str(out), "--jobs", "2")
+    deadline = time.monotonic() + 900
     # kill -9 the moment the first study folder is renamed into place: the window between
     # the rename and the database commit, the most delicate instant of the run
     while not list(out.glob("*/*/staging.json")) and proc.poll() is None:
@@ -173,15 +180,35 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(cohort: Path, reference
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.kill(proc.pid, signal.SIGKILL)
-    killed_log, _ = proc.communicate()
+    proc.wait()
     committed = len(db.read_results(out / "results.db")) if (out / "results.db").exists() else 0
     assert committed < 2  # the kill did interrupt the work
 
-    rerun = _cli("run", str(cohort), "-o", str(out), "--jobs", "2")
-    log, _ = rerun.communicate(timeout=600)
+    rerun = _cli(tmp_path / "rerun.log", "run", str(cohort), "-o", str(out), "--jobs", "2")
+    rerun.wait(timeout=900)
+    log = (tmp_path / "killed.log").read_text(errors="replace") + (
+        tmp_path / "rerun.log").read_text(errors="replace")
     assert rerun.returncode == 1, log[-3000:]  # the broken studies still fail
     assert _study_state(out) == _study_state(reference["out"])
     assert not any((out / ".psma-stage").glob("staging/*"))
     runs = db.read_runs(out / "results.db")
     assert list(runs["status"]) == ["interrupted", "finished"]
-    assert "Secretgiven" not in killed_log + log
+    assert "Secretgiven" not in log
+
+
+def test_validate_is_a_dry_run_with_header_checks(cohort: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code = main(["run", str(cohort), "-o", str(out), "--validate"])
+    printed = capsys.readouterr().out
+    assert code == 1  # some studies would fail
+    assert not out.exists()  # nothing written
+    rows = {line.split()[0].split("/")[0]: line for line in printed.splitlines()
+            if line.startswith(("PAT", "BAD"))}
+    assert " stage " in rows["PAT-001"]
+    assert " fail " in rows["BAD-DOSE"]
+    assert "RadionuclideTotalDose" in rows["BAD-DOSE"]
+    assert " fail " in rows["BAD-NOCT"]
+    # a truncated pixel block is only found when the pixels are read: validate checks headers
+    assert " stage " in rows["BAD-TRUNC"]
+    assert "would stage 3, skip 0 unchanged, and 2 would fail" in printed
