@@ -182,7 +182,8 @@ def _symphysis(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
     frame.symphysis_back_y_mm = float(ysub[jj].max())
 
 
-def _sacrum(t: Tissues, grid: WorkGrid, frame: PelvisFrame, fh_z: float, fh_y: float) -> None:
+def _sacrum(t: Tissues, grid: WorkGrid, frame: PelvisFrame, fh_z: float, fh_y: float,
+            config: AnatomyConfig) -> None:
     xs, ys, zs = grid.x_mm(), grid.y_mm(), grid.z_mm()
     s = grid.spacing_mm
     xsel = np.abs(xs - frame.x_mid_mm) <= 12.0
@@ -223,7 +224,27 @@ def _sacrum(t: Tissues, grid: WorkGrid, frame: PelvisFrame, fh_z: float, fh_y: f
     if top is None:
         # no disc gap (fused or thin discs): the promontory is where the anterior surface,
         # sloping forward up the sacrum, turns into the upright lumbar column
-        top = _kink(front[start:stop], s)
+        crest_z = [frame.z(lm) for lm in (LM.ILIAC_CREST_LEFT, LM.ILIAC_CREST_RIGHT)]
+        crest_found = [c for c in crest_z if c is not None]
+        prior = None
+        if crest_found:
+            z_prior = float(np.mean(crest_found)) - config.intercristal_to_promontory_mm
+            prior = (z_prior - zs[start]) / s
+        seg_front = front[start:stop]
+        step = np.diff(seg_front)
+        jumps = np.flatnonzero(np.isfinite(step) & (step >= 5.0))
+        if prior is not None:
+            jumps = jumps[np.abs(jumps - prior) * s <= config.promontory_search_mm]
+        if jumps.size:
+            # the lumbosacral angle: going up, the surface steps back from S1 to L5
+            pick = jumps[np.argmin(np.abs(jumps - prior))] if prior is not None else jumps[0]
+            k = start + int(pick)
+            frame.landmarks[LM.SACRAL_PROMONTORY] = _found(
+                (frame.x_mid_mm, float(front[k]), float(zs[k])), 0.7, "bone",
+                "no L5/S1 disc gap: anterior-most point of S1 where the spine surface steps "
+                "back to L5")
+            return
+        top = _kink(seg_front, s, prior)
         conf, reason = 0.6, ("no L5/S1 disc gap: where the forward-sloping sacral surface meets "
                              "the upright lumbar column")
     if top is None:
@@ -238,7 +259,7 @@ def _sacrum(t: Tissues, grid: WorkGrid, frame: PelvisFrame, fh_z: float, fh_y: f
                                                    conf, method, reason)
 
 
-def _kink(front: NDArray[np.float64], spacing: float) -> int | None:
+def _kink(front: NDArray[np.float64], spacing: float, prior: float | None = None) -> int | None:
     """First index from which the anterior spine surface stays upright for >= 24 mm."""
     n = max(2, round(24.0 / spacing))
     if front.size < n + 3 or not np.isfinite(front).any():
@@ -249,7 +270,11 @@ def _kink(front: NDArray[np.float64], spacing: float) -> int | None:
     moving_below = np.zeros_like(upright)
     moving_below[2:] = (f[:-n - 1][: upright.size - 2] - f[2:upright.size]) >= 4.0
     cand = np.flatnonzero(upright & moving_below & np.isfinite(windows).all(axis=1))
-    return int(cand[0]) - 1 if cand.size else None
+    if cand.size == 0:
+        return None
+    if prior is not None:
+        return int(cand[np.argmin(np.abs(cand - prior))]) - 1
+    return int(cand[0]) - 1
 
 
 def _crests(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
@@ -319,8 +344,8 @@ def find_landmarks(t: Tissues, grid: WorkGrid, *, config: AnatomyConfig) -> Pelv
         if len(found) == 2:
             frame.x_mid_mm = x_mid = float(fh[0])
         _symphysis(t, grid, frame)
-        _sacrum(t, grid, frame, float(fh[2]), float(fh[1]))
         _crests(t, grid, frame)
+        _sacrum(t, grid, frame, float(fh[2]), float(fh[1]), config)
         frame.obturator_half_width_mm = _obturator_half_width(t, grid, frame, fh)
     else:
         for lm in (LM.PUBIC_SYMPHYSIS_SUPERIOR, LM.PUBIC_SYMPHYSIS_INFERIOR,
