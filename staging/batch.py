@@ -762,6 +762,14 @@ def _stage_worker(job: _Job) -> _Outcome:
                         time.perf_counter() - start)
 
 
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Kill the pool's worker processes (the executor has no public way to do it)."""
+    processes = getattr(pool, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(OSError, AttributeError):
+            process.kill()
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -990,6 +998,11 @@ class _Runner:
                         self._finish(planned, job, outcome)
                     return leftover
             return 0
+        except BaseException:
+            # Ctrl-C or an unusable database: stop the workers now rather than after their
+            # studies; what they leave is temporary and the next start removes it
+            _kill_workers(pool)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

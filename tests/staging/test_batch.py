@@ -281,3 +281,24 @@ def test_run_command_usage_errors_exit_2(tmp_path: Path) -> None:
     assert main(["run", str(tmp_path), "-o", str(tmp_path / "o"), "--limit", "0"]) == 2
     assert main(["run", str(tmp_path), "-o", str(tmp_path / "o"), "--set", "nosuch.key=1"]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_stops_at_once_and_rerun_completes(tmp_path: Path) -> None:
+    manifest = write_fake_cohort(tmp_path / "in", _specs(2, sleep=20.0))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(manifest), str(out)],
+                            cwd=REPO, env=env, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not any(out.glob(".psma-stage/staging/*/")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the studies are being staged
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    proc.wait(timeout=60)
+    assert time.monotonic() - start < 15  # did not wait for the 20 s studies
+    assert proc.returncode != 0
+    assert db.read_runs(out / "results.db").loc[0, "status"] == "interrupted"
+    fast = write_fake_cohort(tmp_path / "in", _specs(2))  # same studies, now quick to stage
+    done = _run(fast, out)
+    assert (done.n_staged, done.n_failed) == (2, 0)
