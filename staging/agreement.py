@@ -183,7 +183,7 @@ def _kappa_from_counts(conf: NDArray[Any], w: NDArray[np.float64]) -> NDArray[np
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(den > 0, 1.0 - num / np.where(den > 0, den, 1.0), np.nan)
     # round off floating-point residue (1 - x/x = -2e-16 must read as 0)
-    return np.asarray(np.round(out, 12), dtype=np.float64)
+    return np.asarray(np.round(out, 12) + 0.0, dtype=np.float64)  # + 0.0 turns -0.0 into 0.0
 
 
 def cohen_kappa(reference: Sequence[int] | NDArray[np.integer], predicted: Sequence[int] |

@@ -49,7 +49,9 @@ def test_cohen_kappa_textbook_example() -> None:
     assert cohen_kappa(ref, ref, n_classes=2) == 1.0
     assert math.isnan(cohen_kappa([0, 0], [0, 0], n_classes=2))  # chance agreement 1
     # a method that puts everyone in one class has kappa exactly 0, not -2e-16
-    assert cohen_kappa([0, 1, 1, 2], [1, 1, 1, 1], n_classes=3) == 0.0
+    constant = cohen_kappa([0, 1, 1, 2], [1, 1, 1, 1], n_classes=3)
+    assert constant == 0.0
+    assert math.copysign(1.0, constant) == 1.0  # not -0.0
     with pytest.raises(ValueError, match="codes must lie"):
         cohen_kappa([0, 3], [0, 1], n_classes=2)
     with pytest.raises(ValueError, match="same 1-D shape"):
