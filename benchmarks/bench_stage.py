@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -27,14 +26,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
+# VmHWM (peak RSS of this process's own address space) rather than ru_maxrss, which Linux
+# carries over from the forking parent (the benchmark holding the generated patient) on exec.
 _PEAK = """
-import resource, sys
-sys.argv = ["psma-stage"] + sys.argv[1:]
+import sys
 try:
     from staging.cli import main
     code = main(sys.argv[1:])
 finally:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/status") as fh:
+        peak = next(line.split()[1] for line in fh if line.startswith("VmHWM:"))
     sys.stderr.write(f"\\nPEAK_RSS_KB {peak}\\n")
 sys.exit(code)
 """
@@ -53,21 +54,30 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-stage-")) if args.keep is None else args.keep
     work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    patient = generate_patient(args.seed, size="full", stage=args.stage)
-    pdir = write_patient(patient, work / "data", format="dicom", vendor="siemens")
-    gen_s = time.perf_counter() - t0
+    info_path = work / "patient.json"
+    if info_path.is_file():  # --keep DIR from an earlier run: reuse the generated study
+        info = json.loads(info_path.read_text())
+        pdir = Path(info["folder"])
+    else:
+        t0 = time.perf_counter()
+        patient = generate_patient(args.seed, size="full", stage=args.stage)
+        pdir = write_patient(patient, work / "data", format="dicom", vendor="siemens")
+        info = {"folder": str(pdir), "ct_shape": list(patient.ct.shape),
+                "pet_shape": list(patient.pet_suv.shape), "mitnm": patient.truth["mitnm"],
+                "generate_s": round(time.perf_counter() - t0, 1)}
+        info_path.write_text(json.dumps(info))
+        del patient
     n_ct = sum(1 for p in (pdir / "dicom" / "CT").rglob("*") if p.is_file())
     n_pt = sum(1 for p in (pdir / "dicom" / "PT").rglob("*") if p.is_file())
-    print(f"generated full-size patient in {gen_s:.1f} s: CT {patient.ct.shape} "
-          f"({n_ct} files), PET {patient.pet_suv.shape} ({n_pt} files)", file=sys.stderr)
+    print(f"full-size patient: CT {info['ct_shape']} ({n_ct} files), PET {info['pet_shape']} "
+          f"({n_pt} files), generated in {info['generate_s']} s", file=sys.stderr)
     runs = []
     for n in range(args.repeats):
         out = work / f"result-{n}"
         load_before = os.getloadavg()
         t1 = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, "-c", _PEAK, "stage", str(pdir / "dicom"), "-o", str(out), "-q"],
+            [sys.executable, "-c", _PEAK, "-q", "stage", str(pdir / "dicom"), "-o", str(out)],
             cwd=ROOT, capture_output=True, text=True, check=False)
         wall = time.perf_counter() - t1
         if proc.returncode != 0:
@@ -77,16 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         record = json.loads((out / "staging.json").read_text())
         runs.append({"wall_s": round(wall, 2), "peak_rss_gb": round(peak_kb / 1024**2, 3),
                      "timings_s": record["timings_s"], "load_average": load_before,
-                     "mitnm": record["mitnm"], "truth_mitnm": patient.truth["mitnm"],
+                     "mitnm": record["mitnm"], "truth_mitnm": info["mitnm"],
                      "lesions": record["lesion_count"]})
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                    f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 1024**3:.0f} GiB",
         "python": platform.python_version(),
-        "ct_shape": list(patient.ct.shape), "pet_shape": list(patient.pet_suv.shape),
+        "ct_shape": info["ct_shape"], "pet_shape": info["pet_shape"],
         "runs": runs,
-        "children_maxrss_gb": round(
-            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2, 3),
     }
     print(json.dumps(summary, indent=2))
     best = min(runs, key=lambda r: r["wall_s"])

@@ -31,16 +31,27 @@ SEGMENT_ORDER: tuple[str, ...] = tuple(c.value for c in LesionCategory)
 """Categories in segment order; only categories with lesions get a segment (numbered 1..)."""
 
 
-def _slice_pixel_centres(ds: Dataset) -> NDArray[np.float64]:
-    """LPS centres (rows, columns, 3) of the pixels of one single-frame image."""
+def _slice_index_grid(ds: Dataset, grid: Volume) -> NDArray[np.int64]:
+    """Nearest ``(k, j, i)`` voxel of ``grid`` for every pixel centre of one image.
+
+    Pixel ``(r, c)`` lies at ``IPP + c * dc * row_dir + r * dr * col_dir`` (LPS mm); the map to
+    continuous voxel indices is affine, so it is built from the index of the first pixel and
+    the index steps along a row and down a column.
+
+    Returns
+    -------
+    ndarray of int64, shape (rows, columns, 3)
+    """
     ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
     iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
     row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    r = np.arange(rows, dtype=np.float64)[:, None, None]
-    c = np.arange(cols, dtype=np.float64)[None, :, None]
-    centres: NDArray[np.float64] = ipp + c * col_spacing * iop[:3] + r * row_spacing * iop[3:]
-    return centres
+    start = grid.world_to_index(ipp)
+    to_index = np.asarray(grid.direction) / np.asarray(grid.spacing)[None, :]
+    step_c = (col_spacing * iop[:3]) @ to_index
+    step_r = (row_spacing * iop[3:]) @ to_index
+    r = np.arange(int(ds.Rows), dtype=np.float64)[:, None, None]
+    c = np.arange(int(ds.Columns), dtype=np.float64)[None, :, None]
+    return np.rint(start + r * step_r + c * step_c).astype(np.int64)
 
 
 def frame_masks(label_map: NDArray[np.integer[Any]], grid: Volume,
@@ -57,11 +68,42 @@ def frame_masks(label_map: NDArray[np.integer[Any]], grid: Volume,
                    dtype=label_map.dtype)
     shape = np.asarray(grid.shape)
     for n, ds in enumerate(source_images):
-        idx = np.rint(grid.world_to_index(_slice_pixel_centres(ds))).astype(np.int64)
+        idx = _slice_index_grid(ds, grid)
         inside = np.all((idx >= 0) & (idx < shape), axis=-1)
         k, j, i = (np.where(inside, idx[..., a], 0) for a in range(3))
         out[n] = np.where(inside, label_map[k, j, i], 0)
     return out
+
+
+def _images_through_lesions(segment_map: NDArray[Any], grid: Volume,
+                            source_images: Sequence[Dataset]) -> list[int]:
+    """Indices of the source images whose plane passes through a lesion voxel.
+
+    A pixel samples its nearest voxel, so an image can only hold lesion pixels if a lesion
+    voxel centre lies within half a voxel (measured along the image normal) of its plane.
+    """
+    points = grid.index_to_world(np.argwhere(segment_map > 0))
+    if points.size == 0:
+        return []
+    steps = np.asarray(grid.direction) * np.asarray(grid.spacing)[None, :]
+    by_normal: dict[tuple[float, ...], list[int]] = {}
+    for n, ds in enumerate(source_images):
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        normal = np.cross(iop[:3], iop[3:])
+        by_normal.setdefault(tuple(np.round(normal, 6)), []).append(n)
+    keep: list[int] = []
+    for key, members in by_normal.items():
+        normal = np.asarray(key)
+        half = 0.5 * float(np.abs(normal @ steps).sum()) + 1e-3
+        offsets = np.sort(points @ normal)
+        for n in members:
+            plane = float(np.asarray([float(v) for v in source_images[n].ImagePositionPatient])
+                          @ normal)
+            lo = np.searchsorted(offsets, plane - half, side="left")
+            hi = np.searchsorted(offsets, plane + half, side="right")
+            if hi > lo:
+                keep.append(n)
+    return sorted(keep)
 
 
 def write_dicom_seg(
@@ -110,7 +152,15 @@ def write_dicom_seg(
             lut[lesion_id] = segment_of[category]
     segment_map = lut[ids]
     images = sorted(source_images, key=lambda ds: int(getattr(ds, "InstanceNumber", 0) or 0))
-    frames = frame_masks(segment_map, labels, images)
+    # only the instances a lesion passes through carry frames: the SEG references those
+    candidates = [images[n] for n in _images_through_lesions(segment_map, labels, images)]
+    sampled = frame_masks(segment_map, labels, candidates) if candidates else None
+    hit = [] if sampled is None else [n for n in range(len(candidates)) if sampled[n].any()]
+    if sampled is None or not hit:
+        raise ValueError("No lesion voxel falls on a pixel of the source PET images; the label "
+                         "map is not on the PET series' frame of reference.")
+    images = [candidates[n] for n in hit]
+    frames = sampled[hit]
     descriptions = []
     algorithm = hd.AlgorithmIdentificationSequence(
         name="psma-stage SUV threshold", version=__version__,
