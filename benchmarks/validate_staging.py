@@ -16,7 +16,7 @@ and prone patients and the three tracers, stages each one with :func:`staging.pi
 
 A study that fails to stage counts as wrong (its error is listed). Results:
 ``OUT/per_patient.csv``, ``OUT/summary.json`` and a Markdown summary on stdout for
-``docs/validation.md``.
+``docs/validation.md``; ``OUT/per_patient.jsonl`` grows as patients finish.
 """
 
 from __future__ import annotations
@@ -194,13 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run_one, item, str(work), args.size) for item in items]
+        partial = (args.out / "per_patient.jsonl").open("w")
         for fut in futures:
             row = fut.result()
             rows.append(row)
+            partial.write(json.dumps(row, default=str) + "\n")  # results so far, if interrupted
+            partial.flush()
             status = row["error"] or (f"{row['mitnm']} vs {row['true_mitnm']}"
                                       + ("" if row["group"] == row["true_group"] else " GROUP"))
             print(f"[{len(rows)}/{len(items)}] {row['patient_id']} {row['format']}/"
                   f"{row['vendor']}: {status}", file=sys.stderr, flush=True)
+        partial.close()
     rows.sort(key=lambda r: r["index"])
     fields = sorted({k for r in rows for k in r if k != "traceback"})
     with (args.out / "per_patient.csv").open("w", newline="") as fh:
