@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep data and outputs here")
     args = parser.parse_args(argv)
 
-    from fixtures.phantom import generate_patient
-    from fixtures.phantom.writers import write_patient
+    from fixtures.phantom import generate_patient, write_patient
 
     work = Path(tempfile.mkdtemp(prefix="bench-stage-")) if args.keep is None else args.keep
     work.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,7 @@ def plan(n: int, seed: int) -> list[dict[str, Any]]:
 
 def run_one(item: dict[str, Any], work: str, size: str) -> dict[str, Any]:
     """Generate, write, stage and compare one patient (runs in a worker process)."""
-    from fixtures.phantom import generate_patient
-    from fixtures.phantom.writers import write_patient
+    from fixtures.phantom import generate_patient, write_patient
     from staging.config import load_config
     from staging.models import StudySource
     from staging.pipeline import stage_study

@@ -11,8 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fixtures.phantom import generate_patient
-from fixtures.phantom.writers import write_patient
+from fixtures.phantom import generate_patient, write_patient
 from imaging.errors import AnatomyError, NoUsableSeriesError
 from imaging.nifti import write_nifti
 from staging.cli import main
