@@ -240,7 +240,11 @@ def _cohort(args: argparse.Namespace) -> int:
     print(result.summary[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"report: {files['bench.html']}")
     scored = int(result.summary["n_scored"].sum()) if not result.summary.empty else 0
-    return 1 if result.n_failed or scored == 0 else 0
+    if scored == 0 and not result.agreement:
+        print("nothing could be scored: no reference mask matched a prediction and no staging "
+              "agreement was computed", file=sys.stderr)
+        return 1
+    return 1 if result.n_failed else 0
 
 
 def handler(args: argparse.Namespace) -> int:

@@ -316,6 +316,26 @@ def test_runner_with_pipeline_methods_reports_staging_agreement(tmp_path: Path) 
     assert "Staging agreement: strict" in files["bench.html"].read_text()
 
 
+def test_staging_csv_alone_is_a_reference(tmp_path: Path) -> None:
+    labels = _write_phantom_like_cohort(tmp_path / "cohort", [0, 2])
+    cases = {pid: InputCase(pid, "nifti", pet_nifti=tmp_path / "x.nii.gz") for pid in labels}
+
+    def runner(case: InputCase, methods: Sequence[tuple[str, Any]]) -> dict[str, MethodOutput]:
+        group = "T0N0M0" if case.case_id == "P000" else "N1/M1a"
+        return {name: MethodOutput(_volume(labels[case.case_id]), {
+            "patient_id": case.case_id, "group": group, "emmett_group": "negative"}, 0.1)
+            for name, _ in methods}
+
+    result = run_benchmark(reference=load_reference([tmp_path / "cohort" / "truth.csv"]),
+                           cases=cases, runner=runner, methods=[parse_method("a=default")],
+                           n_bootstrap=50)
+    assert set(result.per_case["status"]) == {"no_reference_mask"}
+    group = result.agreement["a"].classes["group"]
+    assert group.accuracy.value == 0.5  # P001 is M1b-M1c in the reference
+    assert group.confusion.loc["M1b-M1c", "N1/M1a"] == 1
+    assert result.summary.loc[0, "group_accuracy"] == 0.5
+
+
 def test_runner_records_a_failing_case_and_goes_on(tmp_path: Path) -> None:
     from imaging.errors import SuvError
 
