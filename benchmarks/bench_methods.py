@@ -58,10 +58,7 @@ TABLE_COLUMNS = {
 
 
 def _cohort(out: Path, *, patients: int, seed: int) -> Path:
-    try:
-        from fixtures.phantom import generate_cohort  # type: ignore[attr-defined]
-    except ImportError:  # not re-exported by the package yet
-        from fixtures.phantom.cohort import generate_cohort
+    from fixtures.phantom import generate_cohort
 
     marker = out / f".complete-{patients}-{seed}"
     if marker.is_file():

@@ -440,8 +440,7 @@ def test_scoring_options_default_to_autopet3_and_pi_cai_threshold() -> None:
 
 @pytest.mark.slow
 def test_shared_runner_on_a_phantom_runs_the_real_pipeline(tmp_path: Path) -> None:
-    from fixtures.phantom import generate_patient
-    from fixtures.phantom.writers import write_patient
+    from fixtures.phantom import generate_patient, write_patient
     from staging.benchmark import shared_runner
     from staging.config import load_config
     from staging.models import GROUPS
