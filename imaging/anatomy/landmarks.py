@@ -92,7 +92,7 @@ def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, lung_bottom_z: floa
         lateral = sign * (cx - x_mid)
         band = (lateral > 40.0) & (lateral < 170.0)
         d = np.where(band[None, None, :], dist, 0.0)
-        if d.max() < 8.0:
+        if d.max() < config.femoral_head_min_radius_mm:
             results[side] = None
             continue
         kc, jc, ic = np.unravel_index(int(np.argmax(d)), d.shape)

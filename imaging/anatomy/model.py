@@ -136,6 +136,7 @@ class AnatomyConfig:
     aortic_bifurcation_anterior_mm: float = 20.0
     aortic_bifurcation_left_mm: float = 7.0
     femoral_head_lateral_correction_mm: float = 10.0
+    femoral_head_min_radius_mm: float = 15.0
     perirectal_half_width_mm: float = 35.0
     perirectal_depth_mm: float = 60.0
 

@@ -247,6 +247,7 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
             if wide.size and wide[-1] < top and wide[-1] > zs[0]:
                 lungs[wide[-1] + 1:] = False
         else:
-            notes["lungs"] = (f"no air component inside the body reaches {min_ml:.0f} mL: "
-                              "the CT does not cover the lungs")
+            notes["lungs"] = ("no lung-like air component inside the body (>= "
+                              f"{config.lung_min_ml:g} mL, or lung bases widening towards the "
+                              "top of a partial scan): the CT does not cover the lungs")
     return Tissues(body=body, lungs=lungs, bone=bone, metal=metal, notes=notes)
