@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--size", default="small", choices=("small", "full"))
     parser.add_argument("--out", type=Path, default=Path("validation-staging"))
+    parser.add_argument("--items", default=None, metavar="START:STOP",
+                        help="run only this slice of the cohort plan (to shard a run)")
     parser.add_argument("--work", type=Path, default=None,
                         help="scratch folder for the generated patients (default OUT/work)")
     args = parser.parse_args(argv)
@@ -189,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or args.out / "work"
     work.mkdir(parents=True, exist_ok=True)
     items = plan(args.patients, args.seed)
+    if args.items:
+        first, _, last = args.items.partition(":")
+        items = items[int(first or 0):int(last) if last else None]
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
