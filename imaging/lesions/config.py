@@ -1,8 +1,8 @@
 """Configuration of the lesion finder: method, thresholds, exclusions and measurement geometry.
 
-Every number here is a configurable default; the tags in the comments say where it comes from
-(``[R]`` from a paper, ``[V]`` checked, ``[D]`` design decision of this project, see
-``docs/lesions.md`` and ``/docs/domain.md`` sections 1.5 and 2).
+Every number here is a configurable default; the tags say where it comes from (``[R]`` from a
+paper, ``[V]`` checked against the source, ``[D]`` design decision of this project); see
+``docs/lesions.md``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _METHODS: tuple[str, ...] = ("fixed", "percist", "qpsma-split")
 _SOFT_RULES: tuple[str, ...] = ("qpsma", "percist")
 _TRACERS: tuple[str, ...] = ("psma11", "dcfpyl", "psma1007")
 
-# Hard exclusion (domain.md 2.4 step 1): organs whose uptake is physiological excretion or
+# Hard exclusion : organs whose uptake is physiological excretion or
 # secretion; a lesion inside them cannot be told from the organ by an SUV threshold.
 _DEFAULT_EXCLUDE: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.KIDNEYS,
@@ -34,7 +34,7 @@ _DEFAULT_EXCLUDE: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.LACRIMAL_GLANDS,
     AnatomyLabel.BOWEL,
 )
-# Organ-adaptive threshold (domain.md 2.4 step 2): visceral metastases must stay findable.
+# Organ-adaptive threshold: visceral metastases must stay findable.
 # Blood-pool structures are added because their noise tail crosses low fixed thresholds; the
 # organ-adaptive rule there is max(T_soft, mean + 3 SD), which rarely exceeds T_soft.
 _DEFAULT_ADAPTIVE: tuple[AnatomyLabel, ...] = (
@@ -64,7 +64,7 @@ class LesionConfig:
         the liver reference is not found (Wahl 2009). ``"qpsma-split"``: bone voxels
         ``>= bone_threshold_suv`` and soft tissue a liver-based threshold (Gafita 2019).
     threshold_suv : float
-        Fixed threshold (SUV). Presets 2.5 / 3.0 / 4.0; default 3.0 [D, domain.md 2.5].
+        Fixed threshold (SUV). Presets 2.5 / 3.0 / 4.0; default 3.0 [D].
     bone_threshold_suv : float
         Bone threshold of ``"qpsma-split"`` (SUV 3, qPSMA [V abstract]).
     soft_tissue_rule : {"qpsma", "percist"}
@@ -98,14 +98,18 @@ class LesionConfig:
         ``"psma1007"`` (hepatobiliary excretion) adds the gallbladder to the hard exclusion and
         uses the spleen instead of the liver as the miPSMA score-2 reference (PROMISE V2 [V]).
     exclude : tuple of AnatomyLabel
-        Hard-excluded organs (domain.md 2.4 step 1).
+        Hard-excluded organs .
     exclusion_margin_mm : float
-        Hard-excluded and organ-adaptive masks are grown by this distance (about one PET voxel
-        in-plane, including diagonals) to absorb the PET partial-volume spill of the organ [D].
+        Hard-excluded masks are grown by this distance (mask misregistration; the organ's
+        partial-volume halo is handled by ``spill_correction``). Small, because nodes lie a few
+        millimetres from bowel loops [D].
+    adaptive_margin_mm : float
+        Organ-adaptive masks are grown by this distance (about one PET voxel in-plane,
+        diagonals included) so the organ's own edge voxels get its threshold [D].
     adaptive_organs : tuple of AnatomyLabel
         Organs (liver, spleen, lungs, adrenals; heart and large vessels for their noise tail)
         where the threshold is ``max(T_soft, centre + adaptive_sd_factor x spread)``
-        of the organ's own SUV (robust: median and 1.4826 x MAD) [D, domain.md 2.4 step 2].
+        of the organ's own SUV (robust: median and 1.4826 x MAD) [D].
     adaptive_sd_factor : float or None
         The k of the organ-adaptive threshold ``centre + k x spread`` [D]. ``None`` (default):
         ``k = max(3, sqrt(2 ln n))`` for an organ of ``n`` voxels, the expected maximum of ``n``
@@ -131,7 +135,7 @@ class LesionConfig:
         Prominence (SUV) a maximum needs to count as a focus of its own next to an organ [D].
     equivocal_touch : tuple of AnatomyLabel
         Lesions within ``equivocal_touch_mm`` of these masks are kept and flagged equivocal
-        (domain.md 2.4 step 3).
+        .
     equivocal_touch_mm : float
         Distance (mm) from the mask that counts as touching (5 mm: the adjacent PET voxels) [D].
     equivocal_margin_mm : float
@@ -173,7 +177,8 @@ class LesionConfig:
     connectivity: int = 18
     tracer: Tracer = "psma11"
     exclude: tuple[AnatomyLabel, ...] = _DEFAULT_EXCLUDE
-    exclusion_margin_mm: float = 6.0
+    exclusion_margin_mm: float = 3.0
+    adaptive_margin_mm: float = 6.0
     adaptive_organs: tuple[AnatomyLabel, ...] = _DEFAULT_ADAPTIVE
     adaptive_sd_factor: float | None = None
     spill_drop: bool = True
@@ -230,8 +235,8 @@ class LesionConfig:
         )
         non_negative = (
             "percist_liver_sd_factor", "percist_blood_pool_sd_factor", "isocontour_margin_mm",
-            "min_volume_ml", "exclusion_margin_mm", "equivocal_touch_mm", "equivocal_margin_mm",
-            "spill_margin_max_mm",
+            "min_volume_ml", "exclusion_margin_mm", "adaptive_margin_mm", "equivocal_touch_mm",
+            "equivocal_margin_mm", "spill_margin_max_mm",
             "ganglion_max_suv", "ganglion_max_volume_ml", "ganglion_bone_distance_mm",
         )
         for name in positive + non_negative:

@@ -450,7 +450,7 @@ def _isocontour(
             allowed &= ~zones.crop(organ, excluded[organ], box)
         floor = np.zeros(sub.shape)
         for organ, t_org in organ_floor:
-            zone = zones.crop(organ, config.exclusion_margin_mm, box)
+            zone = zones.crop(organ, config.adaptive_margin_mm, box)
             floor[zone] = np.maximum(floor[zone], t_org)
         top = float(res[tuple(peak - lo)])
         background = 0.0
@@ -541,7 +541,7 @@ def find_lesions(
     else:
         thr = np.full(cand.size, t_soft)
     zones = Zones(dict(masks), suv.spacing)
-    margin_mm = config.exclusion_margin_mm
+    margin_mm = config.adaptive_margin_mm
     organ_floor: list[tuple[AnatomyLabel, float]] = []
     for organ in config.adaptive_organs:
         m = masks.get(organ)
@@ -721,7 +721,7 @@ def _fit_spill(
     spacing: tuple[float, float, float], *, sigmas_mm: Sequence[float], reach_mm: float,
     others: Sequence[AnatomyLabel],
 ) -> tuple[NDArray[np.intp], NDArray[np.float64], float, float] | None:
-    """Fit ``SUV = a * (G_sigma * mask) + b`` in the shell around an organ.
+    """Fit ``SUV = a * (G_sigma * mask) + b`` in the shell around an organ (within ``reach_mm``).
 
     ``G_sigma`` is a Gaussian PSF; among ``sigmas_mm`` the best least-squares fit wins
     (robust: two passes dropping residuals beyond 3 MAD, so lesions next to the organ do not
@@ -740,8 +740,10 @@ def _fit_spill(
     sl = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
     m = np.asarray(mask[sl])
     y = np.asarray(arr[sl], dtype=np.float64)
-    dist = ndimage.distance_transform_edt(~m, sampling=spacing)
-    shell = (dist > 0) & (dist <= reach_mm)
+    mf = m.astype(np.float64)
+    # The shell: outside the organ, where the widest candidate PSF still carries >= 1% of it.
+    wide = ndimage.gaussian_filter(mf, [max(sigmas_mm) / sp for sp in spacing], mode="constant")
+    shell = ~m & (wide >= 0.01)
     for key in others:
         other = zones.mask(key)
         if key != organ and other is not None:
@@ -749,7 +751,6 @@ def _fit_spill(
     if np.count_nonzero(shell) < 20:
         return None
     ys = y[shell]
-    mf = m.astype(np.float64)
     best: tuple[float, float, float, float, NDArray[np.float64]] | None = None
     for sigma in sigmas_mm:
         g = ndimage.gaussian_filter(mf, [sigma / sp for sp in spacing], mode="constant")
