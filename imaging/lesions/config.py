@@ -235,8 +235,8 @@ class LesionConfig:
         )
         non_negative = (
             "percist_liver_sd_factor", "percist_blood_pool_sd_factor", "isocontour_margin_mm",
-            "min_volume_ml", "exclusion_margin_mm", "adaptive_margin_mm", "equivocal_touch_mm",
-            "equivocal_margin_mm", "spill_margin_max_mm",
+            "min_volume_ml", "exclusion_margin_mm", "adaptive_margin_mm",
+            "equivocal_touch_mm", "equivocal_margin_mm", "spill_margin_max_mm",
             "ganglion_max_suv", "ganglion_max_volume_ml", "ganglion_bone_distance_mm",
         )
         for name in positive + non_negative:
