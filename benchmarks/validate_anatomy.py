@@ -45,7 +45,30 @@ SCENARIOS: tuple[dict[str, Any], ...] = (
     {"seed": 18, "orientation": "HFS", "arms": "up", "couch": True, "stage": "M1b-M1c"},
     {"seed": 19, "orientation": "HFP", "arms": "down", "couch": True, "stage": "N1/M1a"},
     {"seed": 20, "orientation": "FFS", "arms": "down", "couch": True, "stage": "TrN0M0"},
+    {"seed": 21, "orientation": "HFS", "arms": "down", "couch": True, "lesions": "all_sites"},
+    {"seed": 21, "orientation": "FFS", "arms": "down", "couch": True, "lesions": "all_sites"},
+    {"seed": 23, "orientation": "HFS", "arms": "down", "couch": True, "lesions": "all_sites"},
 )
+
+_ALL_SITES = (
+    ("fossa", "left"), ("node_common_iliac", "left"), ("node_common_iliac", "right"),
+    ("node_external_iliac", "left"), ("node_external_iliac", "right"),
+    ("node_internal_iliac", "left"), ("node_internal_iliac", "right"),
+    ("node_obturator", "left"), ("node_obturator", "right"), ("node_presacral", "left"),
+    ("node_perirectal", "left"), ("node_retroperitoneal", "left"),
+    ("node_mediastinal", "left"), ("node_supraclavicular", "right"), ("node_inguinal", "left"),
+    ("node_inguinal", "right"), ("bone_vertebra", "left"), ("bone_pelvis", "right"),
+    ("bone_sacrum", "left"), ("bone_rib", "left"), ("bone_femur", "right"),
+    ("visceral_lung", "left"), ("visceral_lung", "right"), ("visceral_liver", "left"),
+    ("visceral_adrenal", "left"),
+)
+"""One lesion per site (radius 4 mm): every region the labeller must recover."""
+
+
+def _lesion_specs() -> list[Any]:
+    from fixtures.phantom.lesions import LesionSpec
+
+    return [LesionSpec(site=site, side=side, radius_mm=4.0) for site, side in _ALL_SITES]
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -155,15 +178,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 small patients only")
     parser.add_argument("--sizes", default="small", help="comma list: small,full")
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--only-sites", action="store_true",
+                        help="only the patients with one lesion per site")
     args = parser.parse_args(argv)
     from fixtures.phantom import generate_patient
 
     report: dict[str, Any] = {"patients": []}
     scenarios = SCENARIOS[:3] if args.quick else SCENARIOS
+    if args.only_sites:
+        scenarios = tuple(sc for sc in SCENARIOS if sc.get("lesions") == "all_sites")
     for size in args.sizes.split(","):
         for sc in scenarios:
-            kw = {k: v for k, v in sc.items() if k != "seed"}
-            patient = generate_patient(sc["seed"], size=size, **kw)
+            kw = {k: v for k, v in sc.items() if k not in ("seed", "lesions")}
+            if sc.get("lesions") == "all_sites":
+                kw["lesions"] = _lesion_specs()
+            try:
+                patient = generate_patient(sc["seed"], size=size, **kw)
+            except Exception as err:  # noqa: BLE001 - a phantom that cannot place a lesion
+                print(f"{size:5s} {sc}: phantom not generated ({err})")
+                continue
             res = evaluate_patient(patient)
             res["scenario"] = {"size": size, **sc}
             report["patients"].append(res)

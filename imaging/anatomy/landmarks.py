@@ -232,7 +232,7 @@ def _sacrum(t: Tissues, grid: WorkGrid, frame: PelvisFrame, fh_z: float, fh_y: f
             prior = (z_prior - zs[start]) / s
         seg_front = front[start:stop]
         step = np.diff(seg_front)
-        jumps = np.flatnonzero(np.isfinite(step) & (step >= 5.0))
+        jumps = np.flatnonzero(np.isfinite(step) & (step >= config.lumbosacral_step_mm))
         if prior is not None:
             jumps = jumps[np.abs(jumps - prior) * s <= config.promontory_search_mm]
         if jumps.size:

@@ -130,7 +130,8 @@ class AnatomyConfig:
     obturator_back_mm: float = 12.0
     promontory_to_s3_mm: float = 55.0
     intercristal_to_promontory_mm: float = 52.0
-    promontory_search_mm: float = 15.0
+    promontory_search_mm: float = 20.0
+    lumbosacral_step_mm: float = 3.0
     promontory_to_common_iliac_bifurcation_mm: float = 14.0
     common_iliac_bifurcation_lateral_mm: float = 44.0
     aortic_bifurcation_anterior_mm: float = 20.0
