@@ -26,8 +26,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imaging.anatomy import label_anatomy  # noqa: E402
-from imaging.volume import Volume  # noqa: E402
+from imaging.anatomy import label_anatomy
+from imaging.volume import Volume
 
 
 def _full_size(seed: int) -> tuple[Volume, Volume]:

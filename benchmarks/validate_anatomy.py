@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from imaging.anatomy import AnatomyMap, label_anatomy, map_label_name  # noqa: E402
-from imaging.vocabulary import AnatomyLabel, Landmark, LesionCategory  # noqa: E402
+from imaging.anatomy import AnatomyMap, label_anatomy, map_label_name
+from imaging.vocabulary import AnatomyLabel, Landmark, LesionCategory
 
 DICE_LABELS = (AnatomyLabel.BODY, AnatomyLabel.BONE, AnatomyLabel.LUNGS,
                AnatomyLabel.URINARY_BLADDER)

@@ -103,7 +103,7 @@ def resample_onto(volume: Volume, grid: WorkGrid, *, fill: float,
     img = volume.to_sitk()
     if not nearest:
         img = sitk.Cast(img, sitk.sitkFloat32)
-        factors = [max(1, int(math.floor(grid.spacing_mm / s + 1e-6)))
+        factors = [max(1, math.floor(grid.spacing_mm / s + 1e-6))
                    for s in img.GetSpacing()]
         factors = [f if n >= 2 * f else 1 for f, n in zip(factors, img.GetSize(), strict=True)]
         if max(factors) > 1:

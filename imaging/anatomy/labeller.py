@@ -15,8 +15,8 @@ from imaging.anatomy.providers import ProviderMasks, load_provider_masks
 from imaging.anatomy.regions import REGION_ORDER, fossa_box, nodal_regions
 from imaging.anatomy.tissues import segment_tissues
 from imaging.errors import AnatomyError
-from imaging.volume import Volume
 from imaging.vocabulary import AnatomyLabel, Landmark
+from imaging.volume import Volume
 
 __all__ = ["label_anatomy"]
 
@@ -97,7 +97,7 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     info: dict[str, MaskInfo] = {}
     voxel_ml = grid.spacing_mm**3 / 1000.0
     for label, arr, reason in (
-        (AnatomyLabel.BODY, tissues.body, "HU > %g, couch removed, holes filled" % config.body_hu),
+        (AnatomyLabel.BODY, tissues.body, f"HU > {config.body_hu:g}, couch removed, holes filled"),
         (AnatomyLabel.BONE, tissues.bone, tissues.notes.get(
             "bone", f"HU >= {config.bone_hu:g}, closed, marrow filled, metal removed")),
         (AnatomyLabel.LUNGS, tissues.lungs, f"air < {config.lung_hu:g} HU inside the body, "

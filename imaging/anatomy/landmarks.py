@@ -165,7 +165,8 @@ def _symphysis(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
         return
     zsub = zs[zsel]
     # the longest run of slices with anterior midline bone
-    runs = np.split(np.flatnonzero(present), np.flatnonzero(np.diff(np.flatnonzero(present)) > 1) + 1)
+    ks = np.flatnonzero(present)
+    runs = np.split(ks, np.flatnonzero(np.diff(ks) > 1) + 1)
     run = max(runs, key=len)
     lo, hi = run[0], run[-1]
     s = grid.spacing_mm

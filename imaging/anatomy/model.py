@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -12,7 +12,6 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from imaging.errors import AnatomyError, ConfigError
-from imaging.volume import Volume
 from imaging.vocabulary import (
     ANATOMY_LABEL_VALUES,
     PELVIC_NODAL_REGIONS,
@@ -20,6 +19,7 @@ from imaging.vocabulary import (
     Landmark,
     NodalRegion,
 )
+from imaging.volume import Volume
 
 __all__ = [
     "LABEL_PRIORITY",

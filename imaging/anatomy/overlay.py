@@ -9,8 +9,8 @@ from numpy.typing import NDArray
 
 from imaging.anatomy.grid import make_work_grid, resample_onto
 from imaging.anatomy.model import AnatomyMap
-from imaging.volume import Volume
 from imaging.vocabulary import ANATOMY_LABEL_VALUES, Landmark
+from imaging.volume import Volume
 
 __all__ = ["plot_anatomy_overlay"]
 

@@ -27,8 +27,8 @@ from imaging.anatomy.grid import WorkGrid, resample_onto
 from imaging.anatomy.names import LANDMARK_ROLES, NameMapping, map_label_name
 from imaging.errors import AnatomyError, PipelineError
 from imaging.nifti import read_nifti
-from imaging.volume import Volume
 from imaging.vocabulary import AnatomyLabel
+from imaging.volume import Volume
 
 __all__ = ["ProviderMasks", "label_names_from_nifti", "load_provider_masks"]
 

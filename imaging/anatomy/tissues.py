@@ -178,7 +178,7 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
     # -- metal ---------------------------------------------------------------------------------
     metal = (hu >= config.metal_hu) & body
     if metal.any():
-        mlab, mn = cc3d.connected_components(metal, connectivity=26, return_N=True)
+        mlab, _mn = cc3d.connected_components(metal, connectivity=26, return_N=True)
         msz = np.bincount(mlab.ravel())
         msz[0] = 0
         metal = (msz * voxel_ml >= config.metal_min_ml)[mlab]
@@ -186,7 +186,7 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
     bone = (hu >= config.bone_hu) & body & ~metal
     c = _odd(config.bone_closing_mm / spacing_mm)
     bone = _erode(_dilate(bone, (c, c, c)), (c, c, c))
-    filled, holes = fill_holes_per_slice(bone)
+    _filled, holes = fill_holes_per_slice(bone)
     if holes.max() > 0:
         area = np.bincount(holes.ravel())
         hsum = np.bincount(holes.ravel(), weights=hu.ravel().astype(np.float64))

@@ -123,12 +123,14 @@ def test_pelvic_boundary_switch_moves_the_boundary_to_the_common_iliac_level(
     patient, promise = ffs_patient
     ajcc = label_anatomy(patient.ct, pet=patient.pet_suv,
                          config=AnatomyConfig(pelvic_boundary="common_iliac_bifurcation"))
-    assert promise.pelvic_boundary_z_mm is not None and ajcc.pelvic_boundary_z_mm is not None
+    assert promise.pelvic_boundary_z_mm is not None
+    assert ajcc.pelvic_boundary_z_mm is not None
     assert ajcc.pelvic_boundary_z_mm < promise.pelvic_boundary_z_mm - 30.0
     ci = next(les for les in patient.truth["lesions"] if les["region"] == "common_iliac_left")
     region = ajcc.region_of_point(ci["centre_mm"])
     assert region is not None
-    assert promise.is_pelvic(region) and not ajcc.is_pelvic(region)
+    assert promise.is_pelvic(region)
+    assert not ajcc.is_pelvic(region)
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ from imaging.anatomy import (
 from imaging.anatomy.tissues import fill_holes_per_slice
 from imaging.errors import AnatomyError
 from imaging.nifti import read_nifti, write_nifti
-from imaging.volume import Volume
 from imaging.vocabulary import AnatomyLabel, Landmark
+from imaging.volume import Volume
 
 TS = Path(__file__).resolve().parents[2] / "fixtures" / "public" / "totalsegmentator-example"
 
@@ -57,7 +57,9 @@ def test_provider_spellings_map_by_name(name: str, label: AnatomyLabel) -> None:
 
 def test_an_unknown_name_is_reported_not_guessed() -> None:
     m = map_label_name("quadriceps_femoris")
-    assert m.label is None and not m.known and "unknown" in m.reason
+    assert m.label is None
+    assert not m.known
+    assert "unknown" in m.reason
 
 
 def test_label_names_come_from_the_nifti_header() -> None:
@@ -93,7 +95,8 @@ def test_totalsegmentator_masks_replace_rule_masks_and_are_recorded(crop_ct: Vol
     assert _dice(anatomy.mask(AnatomyLabel.LIVER), seg == 5) > 0.97
     # the aorta leaves the crop at its caudal edge: its end is not the bifurcation
     finding = anatomy.landmarks[Landmark.AORTIC_BIFURCATION]
-    assert finding.position_mm is None and "edge of the scan" in finding.reason
+    assert finding.position_mm is None
+    assert "edge of the scan" in finding.reason
 
 
 def test_folder_of_per_class_files_is_read_by_file_name(crop_ct: Volume, tmp_path: Path

@@ -8,8 +8,8 @@ import pytest
 from imaging.anatomy import AnatomyConfig, AnatomyMap, label_anatomy
 from imaging.anatomy.model import LandmarkFinding
 from imaging.errors import AnatomyError, ConfigError
-from imaging.volume import Volume
 from imaging.vocabulary import ANATOMY_LABEL_VALUES, AnatomyLabel, Landmark, NodalRegion
+from imaging.volume import Volume
 
 SPACING = (4.0, 4.0, 4.0)
 
@@ -174,7 +174,8 @@ def test_common_iliac_is_pelvic_only_under_the_promise_boundary() -> None:
     assert promise.region_of_point((0.0, 0.0, 0.0)) is NodalRegion.OBTURATOR_LEFT
     assert promise.region_of_point((0.0, 0.0, 500.0)) is None
     hit = promise.labels_at_point((0.0, 0.0, 0.0))
-    assert hit.label is AnatomyLabel.BONE and hit.pelvic is True
+    assert hit.label is AnatomyLabel.BONE
+    assert hit.pelvic is True
     values = promise.to_label_volume().array
     assert values[0, 0, 0] == ANATOMY_LABEL_VALUES["bone"]
     assert values[3, 3, 3] == ANATOMY_LABEL_VALUES["common_iliac_left"]
