@@ -7,7 +7,8 @@ than filtering the whole volume.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -108,7 +109,7 @@ def gather_mean(
 
 
 def bbox_slices(
-    coords: NDArray[np.intp], shape: Sequence[int], margin: Sequence[int]
+    coords: NDArray[np.intp], shape: Sequence[int], margin: Sequence[int] | NDArray[np.intp]
 ) -> tuple[slice, slice, slice]:
     """Slices of the bounding box of ``coords`` grown by ``margin`` voxels, clipped to shape."""
     lo = np.maximum(coords.min(axis=0) - np.asarray(margin), 0)
@@ -140,7 +141,7 @@ class Zones:
     gathering the mask at ``voxel + offset`` directly. No full-volume morphology is done.
     """
 
-    def __init__(self, masks: dict[object, NDArray[np.bool_]],
+    def __init__(self, masks: Mapping[Any, NDArray[np.bool_]],
                  spacing: Sequence[float]) -> None:
         self._masks = masks
         self._spacing = tuple(float(s) for s in spacing)
@@ -151,7 +152,7 @@ class Zones:
     def __contains__(self, key: object) -> bool:
         return key in self._masks
 
-    def keys(self) -> list[object]:
+    def keys(self) -> list[Any]:
         """Labels of the masks held."""
         return list(self._masks)
 

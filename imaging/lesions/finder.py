@@ -17,7 +17,7 @@ Pipeline of :func:`find_lesions` (all on the PET grid):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 from scipy import ndimage
-from skimage.morphology import h_maxima
-from skimage.segmentation import watershed
+from skimage.morphology import h_maxima as _sk_h_maxima
+from skimage.segmentation import watershed as _sk_watershed
 
 from imaging.errors import LesionError
 from imaging.lesions._geometry import Zones, ball_offsets, bbox_slices
@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 _SUV_UNITS = ("g/ml", "cm2/ml")
 _MAX_LABEL = int(np.iinfo(np.uint16).max)
 _DEFAULT_CONFIG = LesionConfig()
+# scikit-image and cc3d ship no complete type hints: typed handles for strict mypy.
+h_maxima: Callable[..., NDArray[Any]] = _sk_h_maxima
+watershed: Callable[..., NDArray[Any]] = _sk_watershed
+_cc3d: Any = cc3d
 # Masks that contain other organs (not neighbours in their own right).
 _BACKGROUND_LABELS = frozenset({AnatomyLabel.BODY, AnatomyLabel.BONE, AnatomyLabel.PROSTATE_FOSSA,
                                 AnatomyLabel.METAL})
@@ -339,7 +343,7 @@ def _dilated_crop(
         return np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
     struct = np.zeros(tuple(2 * reach + 1), dtype=bool)
     struct[tuple((offsets + reach).T)] = True
-    dil = ndimage.binary_dilation(big, structure=struct)
+    dil = np.asarray(ndimage.binary_dilation(big, structure=struct), dtype=bool)
     return dil[box[0].start - lo[0]:box[0].stop - lo[0],
                box[1].start - lo[1]:box[1].stop - lo[1],
                box[2].start - lo[2]:box[2].stop - lo[2]]
@@ -356,7 +360,7 @@ def _components(
     binary = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
     local = tuple(c - s.start for c, s in zip(coords, box, strict=True))
     binary[local] = True
-    cc, n = cc3d.connected_components(binary, connectivity=connectivity, return_N=True)
+    cc, n = _cc3d.connected_components(binary, connectivity=connectivity, return_N=True)
     return cc[local].astype(np.intp), int(n)
 
 
@@ -385,7 +389,7 @@ def _split_components(
         inside[tuple(local.T)] = True
         img = np.where(inside, np.asarray(arr[box], dtype=np.float64), 0.0)
         peaks = h_maxima(img, config.split_prominence_suv) & inside
-        markers, n_mark = cc3d.connected_components(peaks, connectivity=26, return_N=True)
+        markers, n_mark = _cc3d.connected_components(peaks, connectivity=26, return_N=True)
         if n_mark < 2:
             new[members] = next_id
             next_id += 1
@@ -462,7 +466,7 @@ def _isocontour(
         # Voxels hotter than the lesion's own maximum belong to another structure.
         region = allowed & (res >= level) & (sub <= float(maxima[c])) & (sub >= floor)
         region[tuple(peak - lo)] = True
-        cc = cc3d.connected_components(region, connectivity=config.connectivity)
+        cc = _cc3d.connected_components(region, connectivity=config.connectivity)
         keep = cc == cc[tuple(peak - lo)]
         kk = np.argwhere(keep) + lo
         taken[tuple(kk.T)] = True
@@ -924,7 +928,7 @@ def _remove_spill(
             rim |= zones.crop(organ, margin + step, box)
         img = np.asarray(arr[box], dtype=np.float64) - spill.crop(box)
         peaks = h_maxima(np.where(comp, img, 0.0), config.spill_prominence_suv) & comp & ~rim
-        own, n_own = cc3d.connected_components(peaks, connectivity=26, return_N=True)
+        own, n_own = _cc3d.connected_components(peaks, connectivity=26, return_N=True)
         if n_own == 0:
             remove[members] = True
             continue

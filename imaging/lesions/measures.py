@@ -72,7 +72,7 @@ def measure_lesions(
     coords = np.stack(np.unravel_index(fg, arr.shape), axis=1).astype(np.intp)
     counts = np.bincount(lab, minlength=n + 1)[1:].astype(np.int64)
     voxel_ml = suv.voxel_volume_ml
-    volume = counts * voxel_ml
+    volume = np.asarray(counts * voxel_ml, dtype=np.float64)
     mean = np.bincount(lab, weights=vals, minlength=n + 1)[1:] / counts
     cidx = np.stack([np.bincount(lab, weights=coords[:, a], minlength=n + 1)[1:] / counts
                      for a in range(3)], axis=1)

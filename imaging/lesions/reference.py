@@ -239,16 +239,16 @@ def _blood_pool(
             jgrid, igrid = np.meshgrid(np.arange(sub.shape[1]), np.arange(sub.shape[2]),
                                        indexing="ij")
             pts: list[NDArray[np.intp]] = []
-            for n, cj_, ci_ in centres[lo:hi]:
+            for kn, cj_, ci_ in centres[lo:hi]:
                 dj = (jgrid - cj_) * suv.spacing[1]
                 di = (igrid - ci_) * suv.spacing[2]
-                disk = (dj**2 + di**2 <= r**2 + 1e-6) & sub[n]
+                disk = (dj**2 + di**2 <= r**2 + 1e-6) & sub[kn]
                 if not disk.any():  # thin vessel: at least the voxel nearest the centre line
                     disk = np.zeros_like(disk)
                     nj, ni = round(cj_), round(ci_)
-                    disk[nj, ni] = sub[n][nj, ni]
+                    disk[nj, ni] = sub[kn][nj, ni]
                 jj, ii = np.nonzero(disk)
-                pts.append(np.stack([np.full(jj.size, n), jj, ii], axis=1))
+                pts.append(np.stack([np.full(jj.size, kn), jj, ii], axis=1))
             coords = np.concatenate(pts) + origin if pts else np.empty((0, 3), np.intp)
             if len(coords) >= 2:
                 flag = None
