@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
+import SimpleITK as _sitk
 from numpy.typing import NDArray
 
 from imaging.volume import Volume
+
+sitk: Any = _sitk  # SimpleITK ships no type information
 
 __all__ = ["WorkGrid", "make_work_grid", "resample_onto", "to_reference"]
 
@@ -40,15 +42,18 @@ class WorkGrid:
 
     def x_mm(self) -> NDArray[np.float64]:
         """LPS x of each column."""
-        return self.origin_mm[0] + self.spacing_mm * np.arange(self.shape[2])
+        return np.asarray(self.origin_mm[0] + self.spacing_mm * np.arange(self.shape[2]),
+                          dtype=np.float64)
 
     def y_mm(self) -> NDArray[np.float64]:
         """LPS y of each row."""
-        return self.origin_mm[1] + self.spacing_mm * np.arange(self.shape[1])
+        return np.asarray(self.origin_mm[1] + self.spacing_mm * np.arange(self.shape[1]),
+                          dtype=np.float64)
 
     def z_mm(self) -> NDArray[np.float64]:
         """LPS z of each slice."""
-        return self.origin_mm[2] + self.spacing_mm * np.arange(self.shape[0])
+        return np.asarray(self.origin_mm[2] + self.spacing_mm * np.arange(self.shape[0]),
+                          dtype=np.float64)
 
     def to_index(self, xyz: tuple[float, float, float]) -> tuple[int, int, int]:
         """Nearest (z, y, x) index of an LPS point, clipped into the grid."""
@@ -80,7 +85,7 @@ def make_work_grid(volume: Volume, spacing_mm: float) -> WorkGrid:
 
 def _resampler(size_xyz: tuple[int, int, int], spacing_xyz: tuple[float, float, float],
                origin: tuple[float, float, float], direction: tuple[float, ...],
-               interpolator: int, default: float, pixel: int) -> sitk.ResampleImageFilter:
+               interpolator: int, default: float, pixel: int) -> Any:
     f = sitk.ResampleImageFilter()
     f.SetSize([int(v) for v in size_xyz])
     f.SetOutputSpacing([float(v) for v in spacing_xyz])
@@ -113,7 +118,7 @@ def resample_onto(volume: Volume, grid: WorkGrid, *, fill: float,
                    (1, 0, 0, 0, 1, 0, 0, 0, 1),
                    sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, fill,
                    sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(f.Execute(img))
+    return np.asarray(sitk.GetArrayFromImage(f.Execute(img)), dtype=np.float32)
 
 
 def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDArray[Any]:
@@ -126,4 +131,5 @@ def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDAr
     spacing = tuple(reversed(reference.spacing))
     f = _resampler((ni, nj, nk), spacing, reference.origin, direction,  # type: ignore[arg-type]
                    sitk.sitkNearestNeighbor, 0, img.GetPixelID())
-    return sitk.GetArrayFromImage(f.Execute(img))
+    out: NDArray[Any] = sitk.GetArrayFromImage(f.Execute(img))
+    return out

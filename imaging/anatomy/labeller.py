@@ -84,7 +84,7 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
         jj, ii = np.nonzero(liver.mask[k])
         pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
         frame.landmarks[Landmark.LIVER_DOME] = LandmarkFinding(
-            tuple(float(v) for v in pos), 0.6, "top of the rule-based liver mask", "liver")
+            _xyz(pos), 0.6, "top of the rule-based liver mask", "liver")
 
     provider: ProviderMasks | None = None
     if config.provider != "rule":
@@ -176,6 +176,10 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
                       flags=tuple(flags))
 
 
+def _xyz(pos: NDArray[np.float64]) -> tuple[float, float, float]:
+    return (float(pos[0]), float(pos[1]), float(pos[2]))
+
+
 def _require_pelvis(frame: PelvisFrame, boundary_z: float | None) -> None:
     needed = (Landmark.FEMORAL_HEAD_LEFT, Landmark.FEMORAL_HEAD_RIGHT,
               Landmark.PUBIC_SYMPHYSIS_SUPERIOR, Landmark.PUBIC_SYMPHYSIS_INFERIOR)
@@ -206,7 +210,7 @@ def _apply_vessel_landmarks(provider: ProviderMasks, grid: WorkGrid, frame: Pelv
         _, jj, ii = np.nonzero(aorta[k:k + 2])
         pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
         frame.landmarks[Landmark.AORTIC_BIFURCATION] = LandmarkFinding(
-            tuple(float(v) for v in pos), 0.85, "inferior end of the aorta mask", "vessels")
+            _xyz(pos), 0.85, "inferior end of the aorta mask", "vessels")
     for side, lm in (("left", Landmark.COMMON_ILIAC_BIFURCATION_LEFT),
                      ("right", Landmark.COMMON_ILIAC_BIFURCATION_RIGHT)):
         art = provider.roles.get(f"iliac_artery_{side}")
@@ -220,11 +224,11 @@ def _apply_vessel_landmarks(provider: ProviderMasks, grid: WorkGrid, frame: Pelv
             jj, ii = np.nonzero(art[k])
             pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
             frame.landmarks[Landmark.AORTIC_BIFURCATION] = LandmarkFinding(
-                tuple(float(v) for v in pos), 0.7, "cranial end of the iliac artery mask",
+                _xyz(pos), 0.7, "cranial end of the iliac artery mask",
                 "vessels")
         k = zs[0]
         jj, ii = np.nonzero(art[k])
         pos = grid.to_world(np.array([k, jj.mean(), ii.mean()]))
-        frame.landmarks[lm] = LandmarkFinding(tuple(float(v) for v in pos), 0.7,
+        frame.landmarks[lm] = LandmarkFinding(_xyz(pos), 0.7,
                                               "caudal end of the common iliac artery mask",
                                               "vessels")

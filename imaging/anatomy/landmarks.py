@@ -65,7 +65,7 @@ def _midline(body: NDArray[np.bool_], grid: WorkGrid) -> float:
 def _block_reduce_any(mask: NDArray[np.bool_], f: int) -> NDArray[np.bool_]:
     nz, ny, nx = (s // f * f for s in mask.shape)
     m = mask[:nz, :ny, :nx].reshape(nz // f, f, ny // f, f, nx // f, f)
-    return m.mean(axis=(1, 3, 5)) >= 0.5
+    return np.asarray(m.mean(axis=(1, 3, 5)) >= 0.5, dtype=bool)
 
 
 def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, lung_bottom_z: float | None,
@@ -125,7 +125,7 @@ def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, lung_bottom_z: floa
             head = zz >= topz - round(30.0 / s)
             zyx = np.array([zz[head].mean(), yy[head].mean(), xx[head].mean()])
             results[side] = (grid.to_world(zyx), -1.0)
-    both = [results[sd] for sd in ("left", "right") if results[sd] is not None]
+    both = [r for r in (results["left"], results["right"]) if r is not None]
     for side, lm in (("left", LM.FEMORAL_HEAD_LEFT), ("right", LM.FEMORAL_HEAD_RIGHT)):
         res = results[side]
         if res is None:
@@ -192,7 +192,7 @@ def _sacrum(t: Tissues, grid: WorkGrid, frame: PelvisFrame, fh_z: float, fh_y: f
     strip = t.bone[:, ysel, :][:, :, xsel]
     yv = ys[ysel]
     has = strip.any(axis=2)  # (z, y)
-    front = np.where(has.any(axis=1), yv[np.argmax(has, axis=1)], np.nan)
+    front = np.where(np.any(has, axis=1), yv[np.argmax(has, axis=1)], np.nan)
     frame.sacrum_front_y_mm = front
     frame.spine_front_y_mm = front
     # vertebral-body bone in the strip: from the anterior surface 25 mm back

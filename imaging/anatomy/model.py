@@ -351,10 +351,10 @@ class AnatomyMap:
             for region, m in self.nodal_regions.items():
                 out[m] = ANATOMY_LABEL_VALUES[region.value]
         for lab in reversed(LABEL_PRIORITY):
-            m = self.masks.get(lab)
-            if m is None or (lab is AnatomyLabel.BODY and include_nodal_regions):
+            found = self.masks.get(lab)
+            if found is None or (lab is AnatomyLabel.BODY and include_nodal_regions):
                 continue
-            out[m] = ANATOMY_LABEL_VALUES[lab.value]
+            out[found] = ANATOMY_LABEL_VALUES[lab.value]
         if include_nodal_regions and AnatomyLabel.BODY in self.masks:
             body_only = self.masks[AnatomyLabel.BODY] & (out == 0)
             out[body_only] = ANATOMY_LABEL_VALUES[AnatomyLabel.BODY.value]

@@ -8,6 +8,7 @@ refined by CT soft-tissue density. Each comes with a confidence and a reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cc3d
 import numpy as np
@@ -32,7 +33,7 @@ class OrganResult:
     reason: str
 
 
-def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[np.uint32], NDArray[np.int64]]:
+def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[Any], NDArray[Any]]:
     lab = cc3d.connected_components(mask, connectivity=26)
     return lab, np.bincount(lab.ravel())
 
@@ -164,12 +165,12 @@ def find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tis
             if kid_near is not None:
                 cand &= ~kid_near
             cand = box_open(cand, 1)
-            lab, sizes = _components(cand)
+            comp, sizes = _components(cand)
             sizes[0] = 0
             min_ml = 500.0 if label is AnatomyLabel.LIVER else 50.0
             if sizes.size > 1 and sizes.max() * grid.spacing_mm**3 / 1000.0 >= min_ml:
                 organ = np.zeros(t.body.shape, dtype=bool)
-                organ[zsl] = lab == int(np.argmax(sizes))
+                organ[zsl] = comp == int(np.argmax(sizes))
                 out[label] = OrganResult(organ, 0.6,
                                          f"largest soft-tissue component with SUV >= "
                                          f"{lo_suv:g} in the {'right' if side < 0 else 'left'} "

@@ -59,7 +59,7 @@ def label_names_from_nifti(path: Path) -> dict[int, str]:
     import nibabel as nib
 
     img = nib.load(str(path))
-    for ext in img.header.extensions:
+    for ext in getattr(img.header, "extensions", ()):
         text = ext.get_content()
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")

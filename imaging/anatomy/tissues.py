@@ -8,6 +8,7 @@ Python loops.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cc3d
 import numpy as np
@@ -35,13 +36,13 @@ class Tissues:
 
 
 def _erode(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
-    return ndi.minimum_filter(mask.view(np.uint8), size=size, mode="constant",
-                              cval=1).astype(bool)
+    return np.asarray(ndi.minimum_filter(mask.view(np.uint8), size=size, mode="constant",
+                                         cval=1), dtype=bool)
 
 
 def _dilate(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
-    return ndi.maximum_filter(mask.view(np.uint8), size=size, mode="constant",
-                              cval=0).astype(bool)
+    return np.asarray(ndi.maximum_filter(mask.view(np.uint8), size=size, mode="constant",
+                                         cval=0), dtype=bool)
 
 
 def box_erode(mask: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
@@ -100,7 +101,8 @@ def _odd(n: float) -> int:
     return max(1, 2 * round(n) + 1)
 
 
-def _partial_lungs(labels: NDArray[np.uint32], sizes: NDArray[np.int64], voxel_ml: float,
+def _partial_lungs(labels: NDArray[np.integer[Any]], sizes: NDArray[np.integer[Any]],
+                   voxel_ml: float,
                    body: NDArray[np.bool_]) -> list[int]:
     zs = np.flatnonzero(body.any(axis=(1, 2)))
     if zs.size == 0:
