@@ -101,6 +101,7 @@ def plot_anatomy_overlay(ct: Volume, anatomy: AnatomyMap, path: Path | str, *,
     present = sorted({names[v] for v in np.unique(labels) if v in names and v != 1})
     handles = [Patch(color=lut[ANATOMY_LABEL_VALUES[n]], label=n) for n in present
                if lut[ANATOMY_LABEL_VALUES[n]] != "none"]
+    fig.subplots_adjust(bottom=0.2)
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.suptitle(title or f"anatomy ({anatomy.provider}); boundary: {anatomy.pelvic_boundary} "
                  "(red dashed); flags: " + (", ".join(anatomy.flags) or "none"), fontsize=10)
