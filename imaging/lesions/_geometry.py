@@ -102,13 +102,13 @@ def gather_mean(
     if len(coords) and np.all((coords >= reach) & (coords < shape - reach)):
         flat_img = image.reshape(-1)
         strides = np.array([image.shape[1] * image.shape[2], image.shape[2], 1], dtype=np.intp)
-        flat = coords @ strides
+        flat_idx = coords @ strides
         doff = offsets @ strides
         w = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
         out = np.empty(len(coords), dtype=np.float64)
         chunk = max(1, 2_000_000 // max(len(offsets), 1))
         for start in range(0, len(coords), chunk):
-            idx = flat[start:start + chunk, None] + doff[None, :]
+            idx = flat_idx[start:start + chunk, None] + doff[None, :]
             out[start:start + chunk] = flat_img[idx].astype(np.float64) @ w
         return out
     flat = image.reshape(-1)
