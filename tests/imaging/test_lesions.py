@@ -480,3 +480,11 @@ def test_mipsma_uses_spleen_for_psma1007_and_none_without_references() -> None:
     assert mipsma([7.0], refs)[0] == [1]
     assert mipsma([7.0], refs, tracer="psma1007")[0] == [2]
     assert mipsma([7.0], _refs(None, 9.0, 15.0)) == ([None], [None])
+
+
+def test_suv_peak_at_the_image_border_uses_only_voxels_inside() -> None:
+    arr = np.full((20, 20, 20), 0.5)
+    arr[:5, :5, :5] = 6.0  # a lesion in the corner: the 1-mL sphere pokes out of the image
+    les = find_lesions(_suv(arr), anatomy={}).lesions[0]
+    assert les.suv_peak == pytest.approx(6.0)
+    assert les.voxel_count == 125
