@@ -678,16 +678,6 @@ def _drop_small(
     return fg[sel], lut[lab[sel]], int(ok.sum())
 
 
-def _max_voxels(
-    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp],
-) -> NDArray[np.intp]:
-    """Position in ``fg`` of each label's SUVmax voxel (lowest flat index on ties)."""
-    vals = arr.reshape(-1)[fg]
-    order = np.lexsort((fg, -vals, lab))
-    starts = np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]
-    return np.asarray(order[starts], dtype=np.intp)
-
-
 class _Spill:
     """Modelled partial-volume spill of hot excluded organs, stored as crops (SUV)."""
 
