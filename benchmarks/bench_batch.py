@@ -119,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-batch-")) if args.keep is None else args.keep
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    patient = generate_patient(args.seed, size=args.size, stage="N1/M1a")
-    source = write_patient(patient, work / "raw", format="dicom") / "dicom"
     cohort = work / "cohort"
-    shutil.rmtree(cohort, ignore_errors=True)
-    for i in range(args.studies):
-        _copy_study(source, cohort / f"study{i}", patient_id=f"BENCH-{i:03d}", salt=f"s{i}")
+    marker = work / f"cohort-{args.size}-{args.seed}-{args.studies}.done"
+    if not marker.exists():  # --keep DIR of an earlier run: reuse its data
+        patient = generate_patient(args.seed, size=args.size, stage="N1/M1a")
+        source = write_patient(patient, work / "raw", format="dicom") / "dicom"
+        shutil.rmtree(cohort, ignore_errors=True)
+        for i in range(args.studies):
+            _copy_study(source, cohort / f"study{i}", patient_id=f"BENCH-{i:03d}",
+                        salt=f"s{i}")
+        marker.touch()
     print(f"data: {args.studies} {args.size} studies in {time.perf_counter() - t0:.0f} s")
 
     runs = [_run(cohort, work / f"out-j{jobs}", jobs) for jobs in (1, 2)]
