@@ -26,15 +26,20 @@ __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
-_COMMAND_MODULES: tuple[str, ...] = (
-    # one line per command module; keep in the order they appear in --help
-    "staging.commands.inspect",
-    "staging.commands.stage",
-    "staging.commands.anatomy",
-    "staging.commands.run",
-    "staging.commands.bench",
-    "staging.commands.cohort",
-)
+_COMMAND_MODULES: dict[str, str] = {
+    # command name -> module that registers it, in the order of --help
+    "inspect": "staging.commands.inspect",
+    "suv": "staging.commands.inspect",
+    "stage": "staging.commands.stage",
+    "anatomy": "staging.commands.anatomy",
+    "run": "staging.commands.run",
+    "export": "staging.commands.run",
+    "import-clinical": "staging.commands.run",
+    "bench": "staging.commands.bench",
+    "cohort": "staging.commands.cohort",
+}
+"""Modules are imported only for the command being run (their imports are heavy);
+``--help`` without a command imports them all to list them."""
 
 
 class _UsageError(Exception):
@@ -47,8 +52,16 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser, with every installed subcommand."""
+def _requested_command(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named on the command line (the first non-option word), if any."""
+    for word in sys.argv[1:] if argv is None else argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with ``command``'s subcommand only, or every one when None."""
     parser = _Parser(
         prog="psma-stage",
         description="Stage PSMA PET/CT scans reproducibly: DICOM or NIfTI in, SUV, anatomy, "
@@ -58,9 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
-    for ep in entry_points(group="psma_stage.commands"):
+    plugins = {ep.name: ep for ep in entry_points(group="psma_stage.commands")}
+    everything = command not in _COMMAND_MODULES and command not in plugins
+    for module in dict.fromkeys(_COMMAND_MODULES.values()):
+        if everything or _COMMAND_MODULES.get(command or "") == module:
+            importlib.import_module(module).register(subparsers)
+    for name, ep in plugins.items():
+        if not (everything or name == command):
+            continue
         try:
             register = ep.load()
         except ImportError as err:  # e.g. fixtures/ is not part of a wheel install
@@ -83,7 +101,7 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``psma-stage``; return the exit code (0 ok, 1 failed input, 2 usage)."""
-    parser = build_parser()
+    parser = build_parser(_requested_command(argv))
     try:
         args = parser.parse_args(argv)
     except _UsageError as err:
