@@ -27,8 +27,10 @@ import json
 import logging
 import multiprocessing
 import os
+import select
 import shutil
 import signal
+import threading
 import time
 import uuid
 import warnings
@@ -692,8 +694,34 @@ class _Outcome:
     elapsed_s: float
 
 
-def _init_worker(log_level: int) -> None:
-    """Worker set-up: die with the parent (Linux), log to stderr, warnings through logging."""
+def _watch_parent(pid: int) -> None:
+    """Exit this worker as soon as the batch process ``pid`` is gone (killed with -9 too).
+
+    A pool worker blocks on its task queue forever once the batch process is gone, and under
+    the forkserver its parent is the fork server (which itself waits for the workers), so
+    ``PR_SET_PDEATHSIG`` alone cannot end it.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(1)
+    except (OSError, AttributeError):  # no pidfd (old kernel): poll
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                continue
+    select.select([fd], [], [])  # readable once the process has exited
+    os._exit(1)
+
+
+def _init_worker(log_level: int, parent_pid: int) -> None:
+    """Worker set-up: die with the batch process, log to stderr, warnings through logging."""
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
+                     name="psma-stage-parent-watch").start()
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
@@ -947,7 +975,8 @@ class _Runner:
         context.set_forkserver_preload(["staging.batch"])
         return ProcessPoolExecutor(
             max_workers=self.jobs, mp_context=context,
-            initializer=_init_worker, initargs=(logging.getLogger().getEffectiveLevel(),))
+            initializer=_init_worker,
+            initargs=(logging.getLogger().getEffectiveLevel(), os.getpid()))
 
     def _stage_all(self, queue: deque[PlannedItem]) -> int:
         """Stage the queue over the pool; return how many were left undone (--fail-fast)."""

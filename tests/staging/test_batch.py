@@ -15,6 +15,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from imaging.errors import ConfigError
@@ -262,8 +263,12 @@ def test_sigkill_at_many_moments_then_rerun_equals_uninterrupted(tmp_path: Path)
             time.sleep(0.02)  # kill only once this round has made progress
         time.sleep(offset)
         assert proc.poll() is None, "the run finished before it could be killed"
+        helpers = psutil.Process(proc.pid).children(recursive=True)  # fork server, workers
+        assert helpers
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        _, alive = psutil.wait_procs(helpers, timeout=15)
+        assert not alive, f"orphaned worker processes survived the kill: {alive}"
     assert len(db.read_results(out / "results.db")) < 8  # the kills did interrupt the work
     done = _run(manifest, out)
     assert done.n_failed == 0
