@@ -108,7 +108,57 @@ class AnatomyConfig:
     bladder_search_mm: float = 10.0
     kidney_suv: float = 10.0
     salivary_suv: float = 6.0
+    salivary_rim_fraction: float = 0.3
     organ_suv: float = 3.0
+    # liver and spleen: seeded under the lung bases, grown through similar CT and PET
+    liver_depth_mm: float = 300.0
+    organ_hu: tuple[float, float] = (20.0, 200.0)
+    organ_seed_below_lung_mm: tuple[float, float] = (9.0, 45.0)
+    liver_seed_lateral_mm: float = 30.0
+    spleen_seed_lateral_mm: float = 45.0
+    organ_hu_tol: float = 30.0
+    organ_suv_ratio: tuple[float, float] = (0.5, 1.6)
+    kidney_over_liver: float = 1.4
+    organ_rim_mm: float = 6.0
+    liver_min_ml: float = 300.0
+    spleen_ml: tuple[float, float] = (30.0, 1500.0)
+    # heart (blood pool between the lungs)
+    heart_hu: tuple[float, float] = (-20.0, 300.0)
+    heart_height_mm: float = 160.0
+    heart_opening_mm: float = 15.0
+    heart_min_ml: float = 150.0
+    heart_suv_fraction: float = 0.6
+    # lacrimal glands
+    lacrimal_suv: float = 4.0
+    lacrimal_max_ml: float = 6.0
+    lacrimal_lateral_mm: tuple[float, float] = (12.0, 60.0)
+    lacrimal_below_vertex_mm: tuple[float, float] = (50.0, 170.0)
+    lacrimal_anterior_fraction: float = 0.4
+    lacrimal_min_head_mm: float = 200.0
+    # bowel (stomach, small bowel, colon)
+    bowel_suv: float = 1.8
+    bowel_hu: tuple[float, float] = (-150.0, 200.0)
+    bowel_min_ml: float = 10.0
+    bowel_min_tubularity: float = 2.0
+    bowel_peak_ratio: float = 2.0
+    bowel_band_peak_ratio: float = 1.4
+    bowel_focus_max_mm: float = 15.0
+    bowel_gas_hu: float = -400.0
+    bowel_gas_min_ml: float = 0.3
+    bowel_gas_reach_mm: float = 12.0
+    bowel_wall_hu: tuple[float, float] = (-40.0, 45.0)
+    bowel_wall_depth_mm: float = 15.0
+    bowel_above_diaphragm_mm: float = 60.0
+    bowel_keepout_half_width_mm: float = 70.0
+    bowel_keepout_front_mm: float = 35.0
+    bowel_sidewall_mm: float = 20.0
+    # ureters
+    ureter_suv: float = 2.5
+    ureter_lateral_mm: tuple[float, float] = (10.0, 110.0)
+    ureter_min_length_mm: float = 30.0
+    ureter_min_elongation: float = 3.0
+    ureter_max_width_mm: float = 15.0
+    ureter_contrast_suv: float = 1.5
     # fossa box (domain.md 3.3)
     fossa_below_symphysis_mm: float = 10.0
     fossa_above_symphysis_mm: float = 40.0

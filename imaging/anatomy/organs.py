@@ -18,7 +18,15 @@ from scipy import ndimage as ndi
 from imaging.anatomy.grid import WorkGrid
 from imaging.anatomy.landmarks import PelvisFrame
 from imaging.anatomy.model import AnatomyConfig
-from imaging.anatomy.tissues import Tissues, bbox, box_close, box_dilate, box_open
+from imaging.anatomy.tissues import (
+    Tissues,
+    bbox,
+    box_close,
+    box_dilate,
+    box_erode,
+    box_open,
+    fill_holes_per_slice,
+)
 from imaging.vocabulary import AnatomyLabel, Landmark
 
 __all__ = ["OrganResult", "find_organs"]
@@ -128,64 +136,64 @@ def _paired_hot(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, x_mid: flo
 def find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissues,
                 grid: WorkGrid, frame: PelvisFrame, *,
                 config: AnatomyConfig) -> dict[AnatomyLabel, OrganResult]:
-    """Bladder, kidneys, salivary glands, liver and spleen where CT and PET show them."""
+    """Organ masks where CT and PET show them (domain.md 2.4, 3.1).
+
+    Bladder, kidneys, liver, spleen, salivary and lacrimal glands, heart, bowel and ureters;
+    each with a confidence and the reason (or why it could not be found). The rules run on the
+    in-plane box of the body (air around the patient cut away) and the masks are put back.
+    """
+    box = bbox(t.body, pad=2)
+    if box is None:
+        return _find_organs(hu, pet, t, grid, frame, config=config)
+    box = (slice(0, t.body.shape[0]), box[1], box[2])
+    x0, y0, z0 = grid.origin_mm
+    sub = WorkGrid(shape=(t.body.shape[0], box[1].stop - box[1].start,
+                          box[2].stop - box[2].start), spacing_mm=grid.spacing_mm,
+                   origin_mm=(x0 + box[2].start * grid.spacing_mm,
+                              y0 + box[1].start * grid.spacing_mm, z0))
+    t_sub = Tissues(body=t.body[box], lungs=t.lungs[box], bone=t.bone[box], metal=t.metal[box],
+                    notes=t.notes)
+    found = _find_organs(np.ascontiguousarray(hu[box]),
+                         None if pet is None else np.ascontiguousarray(pet[box]), t_sub, sub,
+                         frame, config=config)
+    out: dict[AnatomyLabel, OrganResult] = {}
+    for label, res in found.items():
+        if res.mask is None:
+            out[label] = res
+            continue
+        full = np.zeros(t.body.shape, dtype=bool)
+        full[box] = res.mask
+        out[label] = OrganResult(full, res.confidence, res.reason)
+    return out
+
+
+def _find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissues,
+                 grid: WorkGrid, frame: PelvisFrame, *,
+                 config: AnatomyConfig) -> dict[AnatomyLabel, OrganResult]:
     out: dict[AnatomyLabel, OrganResult] = {}
     out[AnatomyLabel.URINARY_BLADDER] = _bladder(hu, pet, t, grid, frame, config)
-    no_pet = "needs PET uptake to be found by rules (no PET given)"
+    spine = _spine_front(t, grid, frame)
     if pet is None:
+        no_pet = "needs PET uptake to be found by rules (no PET given)"
         for lab in (AnatomyLabel.KIDNEYS, AnatomyLabel.SALIVARY_GLANDS, AnatomyLabel.LIVER,
-                    AnatomyLabel.SPLEEN):
+                    AnatomyLabel.SPLEEN, AnatomyLabel.BOWEL, AnatomyLabel.LACRIMAL_GLANDS,
+                    AnatomyLabel.URETERS):
             out[lab] = OrganResult(None, 0.0, no_pet)
+        out[AnatomyLabel.HEART] = _heart(hu, None, t, grid, frame, spine, None, config)
         return out
+    _liver_spleen_kidneys(hu, pet, t, grid, frame, spine, config, out)
     zs = grid.z_mm()
     lung_z = np.flatnonzero(t.lungs.any(axis=(1, 2)))
-    dz = frame.diaphragm_z_mm
-    crest = [frame.landmarks[lm].position_mm for lm in (Landmark.ILIAC_CREST_LEFT,
-                                                         Landmark.ILIAC_CREST_RIGHT)]
-    crest_z = [c[2] for c in crest if c is not None]
-    if dz is not None:
-        lo = float(np.mean(crest_z)) if crest_z else dz - 250.0
-        kid = _paired_hot(pet, t, grid, frame.x_mid_mm, suv=config.kidney_suv,
-                          zlim=(lo, dz + 30.0), lateral=(25.0, 140.0), min_ml=15.0)
-        out[AnatomyLabel.KIDNEYS] = (
-            OrganResult(kid, 0.7, f"SUV >= {config.kidney_suv:g} components lateral to the "
-                        "spine between the iliac crests and the diaphragm")
-            if kid.any() else OrganResult(None, 0.0, "no renal uptake found below the "
-                                          "diaphragm"))
-        # liver and spleen: moderate uptake, soft-tissue density, right / left upper abdomen
-        ks = np.flatnonzero((zs <= dz + 40.0) & (zs >= dz - 220.0))
-        zsl = slice(int(ks[0]), int(ks[-1]) + 1) if ks.size else slice(0, 0)
-        soft = (hu[zsl] > 20.0) & (hu[zsl] < 120.0) & t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl]
-        xx = grid.x_mm()[None, None, :]
-        pet_up = pet[zsl]
-        kid_near = box_dilate(kid[zsl], 2) if kid.any() else None
-        for label, side, lo_suv in ((AnatomyLabel.LIVER, -1.0, config.organ_suv),
-                                    (AnatomyLabel.SPLEEN, 1.0, config.organ_suv)):
-            cand = soft & (pet_up >= lo_suv) & (side * (xx - frame.x_mid_mm) > 15.0)
-            if kid_near is not None:
-                cand &= ~kid_near
-            cand = box_open(cand, 1)
-            comp, sizes = _components(cand)
-            sizes[0] = 0
-            min_ml = 500.0 if label is AnatomyLabel.LIVER else 50.0
-            if sizes.size > 1 and sizes.max() * grid.spacing_mm**3 / 1000.0 >= min_ml:
-                organ = np.zeros(t.body.shape, dtype=bool)
-                organ[zsl] = comp == int(np.argmax(sizes))
-                out[label] = OrganResult(organ, 0.6,
-                                         f"largest soft-tissue component with SUV >= "
-                                         f"{lo_suv:g} in the {'right' if side < 0 else 'left'} "
-                                         "upper abdomen")
-            else:
-                out[label] = OrganResult(None, 0.0, "no large soft-tissue component with "
-                                         "tracer uptake in the upper abdomen")
-    else:
-        for lab in (AnatomyLabel.KIDNEYS, AnatomyLabel.LIVER, AnatomyLabel.SPLEEN):
-            out[lab] = OrganResult(None, 0.0, "the lungs (diaphragm level) are not in the CT, "
-                                   "so the upper abdomen cannot be located")
     if lung_z.size:
         apex = float(zs[lung_z[-1]])
         sal = _paired_hot(pet, t, grid, frame.x_mid_mm, suv=config.salivary_suv,
                           zlim=(apex, apex + 180.0), lateral=(15.0, 90.0), min_ml=2.0)
+        if sal.any():
+            box = bbox(sal, pad=3)
+            assert box is not None
+            level = config.salivary_rim_fraction * float(np.median(pet[sal]))
+            sal[box] = _pet_rim(sal[box], pet[box], level, t.body[box],
+                                max(1, round(config.organ_rim_mm / grid.spacing_mm)))
         out[AnatomyLabel.SALIVARY_GLANDS] = (
             OrganResult(sal, 0.6, f"SUV >= {config.salivary_suv:g} components in the neck and "
                         "face, off the midline")
@@ -193,4 +201,546 @@ def find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tis
                                           "(head and neck not in the PET?)"))
     else:
         out[AnatomyLabel.SALIVARY_GLANDS] = OrganResult(None, 0.0, "no lungs, so no neck level")
+    out[AnatomyLabel.LACRIMAL_GLANDS] = _lacrimal(pet, t, grid, config)
+    liver = out[AnatomyLabel.LIVER].mask
+    out[AnatomyLabel.HEART] = _heart(hu, pet, t, grid, frame, spine, liver, config)
+    blocked = np.zeros(t.body.shape, dtype=bool)
+    for lab in (AnatomyLabel.LIVER, AnatomyLabel.SPLEEN, AnatomyLabel.KIDNEYS,
+                AnatomyLabel.URINARY_BLADDER, AnatomyLabel.HEART):
+        m = out[lab].mask
+        if m is not None:
+            blocked |= m
+    out[AnatomyLabel.BOWEL] = _bowel(hu, pet, t, grid, frame, spine, blocked, config)
+    if out[AnatomyLabel.BOWEL].mask is not None:
+        blocked |= out[AnatomyLabel.BOWEL].mask
+    out[AnatomyLabel.URETERS] = _ureters(pet, t, grid, frame, out[AnatomyLabel.KIDNEYS].mask,
+                                         out[AnatomyLabel.URINARY_BLADDER].mask, blocked, config)
     return out
+
+
+# -- physiological-uptake organs: liver, spleen, bowel, heart, lacrimal glands, ureters --------
+# (domain.md 2.4 and 3.1). Every rule works on a crop of the working grid and on a 3-voxel
+# box-smoothed CT and PET (noise down, edges kept within a voxel).
+
+
+def _smooth(a: NDArray[np.float32], within: NDArray[np.bool_] | None = None
+            ) -> NDArray[np.float32]:
+    """3-voxel box mean; with ``within``, the mean over those voxels only (no bone / lung
+    partial volume pulled into soft tissue)."""
+    if within is None:
+        return np.asarray(ndi.uniform_filter(a, size=3, mode="nearest"), dtype=np.float32)
+    w = within.astype(np.float32)
+    num = ndi.uniform_filter(a * w, size=3, mode="nearest")
+    den = ndi.uniform_filter(w, size=3, mode="nearest")
+    return np.asarray(np.where(den > 0.05, num / np.maximum(den, 0.05), a), dtype=np.float32)
+
+
+def _z_slice(grid: WorkGrid, lo_mm: float, hi_mm: float) -> slice | None:
+    ks = np.flatnonzero((grid.z_mm() >= lo_mm) & (grid.z_mm() <= hi_mm))
+    return slice(int(ks[0]), int(ks[-1]) + 1) if ks.size else None
+
+
+def _in_crop(mask: NDArray[np.bool_] | None, zsl: slice) -> NDArray[np.bool_] | None:
+    return None if mask is None else mask[zsl]
+
+
+def _lung_above(lungs: NDArray[np.bool_], near: int, far: int) -> NDArray[np.bool_]:
+    """Voxels with lung between ``near`` and ``far`` voxels above them (same column)."""
+    nz = lungs.shape[0]
+    cs = np.concatenate([np.zeros((1, *lungs.shape[1:]), dtype=np.int32),
+                         np.cumsum(lungs, axis=0, dtype=np.int32)])
+    hi = cs[np.minimum(np.arange(nz) + far + 1, nz)]
+    lo = cs[np.minimum(np.arange(nz) + near, nz)]
+    return np.asarray(hi - lo > 0, dtype=bool)
+
+
+def _spine_front(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> NDArray[np.float64]:
+    """Anterior surface y (mm) of the vertebral bodies per working slice (NaN-free).
+
+    From the landmark frame where it was measured; elsewhere the most anterior bone within
+    12 mm of the midline in the posterior half of the body; else 62 % of the body depth.
+    """
+    ys = grid.y_mm()
+    nz = grid.shape[0]
+    xsel = np.abs(grid.x_mm() - frame.x_mid_mm) <= 12.0
+    strip = t.bone[:, :, xsel].any(axis=2)  # (z, y)
+    body_y: NDArray[np.bool_] = np.asarray(t.body.any(axis=2), dtype=bool)
+    has_body = body_y.any(axis=1)
+    front = np.where(has_body, ys[np.argmax(body_y, axis=1)], np.nan)
+    back = np.where(has_body, ys[body_y.shape[1] - 1 - np.argmax(body_y[:, ::-1], axis=1)],
+                    np.nan)
+    mid = (front + back) / 2.0
+    post = strip & (ys[None, :] >= mid[:, None])
+    own = np.where(post.any(axis=1), ys[np.argmax(post, axis=1)], np.nan)
+    out = np.full(nz, np.nan)
+    given = frame.spine_front_y_mm
+    if given is not None and given.shape == (nz,):
+        out = np.where(np.isfinite(given), given, out)
+    out = np.where(np.isfinite(out), out, own)
+    out = np.where(np.isfinite(out), out, front + 0.62 * (back - front))
+    ok = np.flatnonzero(np.isfinite(out))
+    if ok.size == 0:
+        return np.full(nz, float(ys.mean()))
+    idx = np.clip(np.searchsorted(ok, np.arange(nz)), 0, ok.size - 1)
+    return np.asarray(np.where(np.isfinite(out), out, out[ok[idx]]), dtype=np.float64)
+
+
+def _largest(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    lab, sizes = _components(mask)
+    if sizes.size <= 1:
+        return np.zeros_like(mask)
+    sizes[0] = 0
+    return np.asarray(lab == int(np.argmax(sizes)), dtype=bool)
+
+
+def _fill(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    filled, _ = fill_holes_per_slice(np.asarray(ndi.binary_fill_holes(mask), dtype=bool))
+    return filled
+
+
+@dataclass(frozen=True, slots=True)
+class _Abdomen:
+    """Crop of the upper abdomen / lower thorax shared by the liver, spleen and kidney rules."""
+
+    zsl: slice
+    hu: NDArray[np.float32]
+    pet: NDArray[np.float32]
+    soft: NDArray[np.bool_]
+    body: NDArray[np.bool_]
+    body_soft: NDArray[np.bool_]  # body, not bone, not lung
+    below_lung: NDArray[np.bool_]
+    dx: NDArray[np.float64]  # x - midline, (1, 1, X)
+    spine: NDArray[np.float64]  # (Z, 1, 1)
+    yy: NDArray[np.float64]  # (1, Y, 1)
+    spacing_mm: float
+
+
+def _abdomen(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
+             frame: PelvisFrame, spine: NDArray[np.float64], dz: float,
+             config: AnatomyConfig) -> _Abdomen | None:
+    zsl = _z_slice(grid, dz - config.liver_depth_mm, dz + 120.0)
+    if zsl is None:
+        return None
+    s = grid.spacing_mm
+    body_soft = t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl]
+    hu_c, pet_c = _smooth(hu[zsl], body_soft), _smooth(pet[zsl])
+    soft = body_soft & (hu_c >= config.organ_hu[0]) & (hu_c <= config.organ_hu[1])
+    near, far = (max(1, round(v / s)) for v in config.organ_seed_below_lung_mm)
+    below = _lung_above(t.lungs[zsl], near, far) & ~t.lungs[zsl]
+    return _Abdomen(zsl, hu_c, pet_c, soft, t.body[zsl], body_soft, below,
+                    (grid.x_mm() - frame.x_mid_mm)[None, None, :],
+                    spine[zsl][:, None, None], grid.y_mm()[None, :, None], s)
+
+
+def _seed_reference(a: _Abdomen, seed: NDArray[np.bool_]) -> tuple[float, float] | None:
+    if seed.sum() < 8:
+        return None
+    return float(np.median(a.pet[seed])), float(np.median(a.hu[seed]))
+
+
+def _grow_organ(a: _Abdomen, seed: NDArray[np.bool_], ref: tuple[float, float],
+                blocked: NDArray[np.bool_], *, config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Region growing from ``seed`` through voxels of similar CT density and PET uptake."""
+    ref_suv, ref_hu = ref
+    lo, hi = config.organ_suv_ratio
+    allowed = (a.soft & (np.abs(a.hu - ref_hu) <= config.organ_hu_tol)
+               & (a.pet >= lo * ref_suv) & (a.pet <= hi * ref_suv) & ~blocked)
+    rim = max(1, round(config.organ_rim_mm / a.spacing_mm))
+    reach = _grow(seed, allowed)  # everything the growth can reach: work in its box only
+    box = bbox(reach, pad=rim + 4)
+    out = np.zeros(allowed.shape, dtype=bool)
+    if box is None:
+        return out
+    allowed_b, soft_b, blocked_b = allowed[box], a.soft[box], blocked[box]
+    opened = box_open(allowed_b, 1)
+    grown = _grow(seed[box] & opened, opened)
+    if not grown.any():
+        return out
+    grown = box_dilate(grown, 1) & allowed_b
+    grown = box_close(grown, 2) & ~blocked_b & soft_b
+    grown = _fill(grown) & ~blocked_b & a.body_soft[box]
+    # organ edge: up to organ_rim_mm more (into lung, bone or fat) where the PET still shows
+    # the organ's uptake, so its partial-volume spill gets the organ's threshold
+    out[box] = _pet_rim(grown, a.pet[box], lo * ref_suv, a.body[box] & ~blocked_b, rim)
+    return out
+
+
+def _pet_rim(mask: NDArray[np.bool_], pet: NDArray[np.float32], level: float,
+             allowed: NDArray[np.bool_], steps: int) -> NDArray[np.bool_]:
+    """Grow ``mask`` by up to ``steps`` voxels into ``allowed`` voxels with PET >= ``level``."""
+    ok = allowed & (pet >= level)
+    for _ in range(steps):
+        mask = mask | (box_dilate(mask, 1) & ok)
+    return mask
+
+
+def _liver_spleen_kidneys(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues,
+                          grid: WorkGrid, frame: PelvisFrame, spine: NDArray[np.float64],
+                          config: AnatomyConfig, out: dict[AnatomyLabel, OrganResult]) -> None:
+    dz = frame.diaphragm_z_mm
+    no_dz = ("the lungs (diaphragm level) are not in the CT, so the upper abdomen cannot be "
+             "located")
+    if dz is None:
+        for lab in (AnatomyLabel.KIDNEYS, AnatomyLabel.LIVER, AnatomyLabel.SPLEEN):
+            out[lab] = OrganResult(None, 0.0, no_dz)
+        return
+    a = _abdomen(hu, pet, t, grid, frame, spine, dz, config)
+    if a is None:
+        for lab in (AnatomyLabel.KIDNEYS, AnatomyLabel.LIVER, AnatomyLabel.SPLEEN):
+            out[lab] = OrganResult(None, 0.0, "the upper abdomen is outside the CT")
+        return
+    voxel_ml = grid.spacing_mm**3 / 1000.0
+    hot = a.pet >= config.organ_suv
+    # liver seed: right upper quadrant, just under the right lung base
+    liver_seed = _largest(box_open(a.below_lung & a.soft & hot
+                                   & (a.dx < -config.liver_seed_lateral_mm), 1))
+    liver_ref = _seed_reference(a, liver_seed)
+    # kidneys: clearly hotter than the liver (PSMA-1007: liver uptake approaches the renal one)
+    kid_suv = config.kidney_suv
+    if liver_ref is not None:
+        kid_suv = max(kid_suv, config.kidney_over_liver * liver_ref[0])
+    crest = [frame.landmarks[lm].position_mm for lm in (Landmark.ILIAC_CREST_LEFT,
+                                                         Landmark.ILIAC_CREST_RIGHT)]
+    crest_z = [c[2] for c in crest if c is not None]
+    lo_z = float(np.mean(crest_z)) if crest_z else dz - 250.0
+    kid = _paired_hot(pet, t, grid, frame.x_mid_mm, suv=kid_suv, zlim=(lo_z, dz + 30.0),
+                      lateral=(25.0, 140.0), min_ml=15.0)
+    out[AnatomyLabel.KIDNEYS] = (
+        OrganResult(kid, 0.7, f"SUV >= {kid_suv:.3g} components lateral to the spine between "
+                    "the iliac crests and the diaphragm")
+        if kid.any() else OrganResult(None, 0.0, "no renal uptake found below the diaphragm"))
+    kid_block = box_dilate(kid[a.zsl], 1) | (a.pet >= kid_suv)
+    liver_c = np.zeros(a.soft.shape, dtype=bool)
+    if liver_ref is None:
+        out[AnatomyLabel.LIVER] = OrganResult(None, 0.0, "no soft tissue with tracer uptake "
+                                              "under the right lung base (liver seed)")
+    else:
+        liver_c = _grow_organ(a, liver_seed, liver_ref, kid_block, config=config)
+        ml = float(liver_c.sum() * voxel_ml)
+        if ml >= config.liver_min_ml:
+            out[AnatomyLabel.LIVER] = OrganResult(
+                _uncrop(liver_c, a.zsl, t.body.shape), 0.7,
+                f"grown from under the right lung base (seed SUV {liver_ref[0]:.1f}, "
+                f"{liver_ref[1]:.0f} HU) through CT density within {config.organ_hu_tol:g} HU "
+                f"and SUV {config.organ_suv_ratio[0]:g}-{config.organ_suv_ratio[1]:g} x the "
+                "seed's, holes filled")
+        else:
+            liver_c[:] = False
+            out[AnatomyLabel.LIVER] = OrganResult(None, 0.0, f"the liver grown from under the "
+                                                  f"right lung base is only {ml:.0f} mL")
+    # spleen seed: left posterolateral upper quadrant under the left lung base
+    blocked = kid_block | box_dilate(liver_c, 1)
+    spleen_seed = (a.below_lung & a.soft & hot & ~blocked
+                   & (a.dx > config.spleen_seed_lateral_mm) & (a.yy >= a.spine - 40.0))
+    spleen_seed = _largest(box_open(spleen_seed, 1))
+    spleen_ref = _seed_reference(a, spleen_seed)
+    if spleen_ref is None:
+        out[AnatomyLabel.SPLEEN] = OrganResult(None, 0.0, "no soft tissue with tracer uptake "
+                                               "under the left lung base (spleen seed)")
+        return
+    spleen_c = _grow_organ(a, spleen_seed, spleen_ref, blocked, config=config)
+    ml = float(spleen_c.sum() * voxel_ml)
+    if config.spleen_ml[0] <= ml <= config.spleen_ml[1]:
+        out[AnatomyLabel.SPLEEN] = OrganResult(
+            _uncrop(spleen_c, a.zsl, t.body.shape), 0.65,
+            f"grown from the left posterolateral upper abdomen under the lung base (seed SUV "
+            f"{spleen_ref[0]:.1f}, {spleen_ref[1]:.0f} HU), same density / uptake rule as the "
+            "liver")
+    else:
+        out[AnatomyLabel.SPLEEN] = OrganResult(None, 0.0, f"the spleen grown from the left "
+                                               f"upper abdomen is {ml:.0f} mL, outside "
+                                               f"{config.spleen_ml[0]:g}-"
+                                               f"{config.spleen_ml[1]:g} mL")
+
+
+def _uncrop(mask_c: NDArray[np.bool_], zsl: slice, shape: tuple[int, ...]) -> NDArray[np.bool_]:
+    out = np.zeros(shape, dtype=bool)
+    out[zsl] = mask_c
+    return out
+
+
+def _heart(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissues,
+           grid: WorkGrid, frame: PelvisFrame, spine: NDArray[np.float64],
+           liver: NDArray[np.bool_] | None, config: AnatomyConfig) -> OrganResult:
+    """Largest soft-tissue mass between the lungs above the diaphragm, in front of the spine."""
+    dz = frame.diaphragm_z_mm
+    if dz is None:
+        return OrganResult(None, 0.0, "no lungs in the CT, so no mediastinum")
+    zsl = _z_slice(grid, dz - 30.0, dz + config.heart_height_mm)
+    if zsl is None:
+        return OrganResult(None, 0.0, "the lower thorax is outside the CT")
+    lungs = t.lungs[zsl]
+    xs, ys = grid.x_mm(), grid.y_mm()
+    # per slice: between the two lungs' centres (x), behind the sternum / front of the lungs
+    # and in front of the spine (y)
+    dx = xs - frame.x_mid_mm
+    n_r = lungs[:, :, dx < 0].sum(axis=(1, 2))
+    n_l = lungs[:, :, dx >= 0].sum(axis=(1, 2))
+    cx = np.broadcast_to(xs[None, None, :], lungs.shape)
+    x_r = np.where(dx < 0, cx, 0.0)
+    x_l = np.where(dx >= 0, cx, 0.0)
+    xr = (lungs * x_r).sum(axis=(1, 2)) / np.maximum(n_r, 1)
+    xl = (lungs * x_l).sum(axis=(1, 2)) / np.maximum(n_l, 1)
+    ok_z = (n_r > 0) & (n_l > 0)
+    mid_strip = np.abs(dx) <= 30.0
+    front_bone: NDArray[np.bool_] = np.asarray(t.bone[zsl][:, :, mid_strip].any(axis=2),
+                                               dtype=bool) & (ys[None, :] < spine[zsl][:, None]
+                                                              - 40.0)
+    lung_y: NDArray[np.bool_] = np.asarray(lungs.any(axis=2), dtype=bool)
+    y_lung_front = np.where(lung_y.any(axis=1), ys[np.argmax(lung_y, axis=1)], np.inf)
+    y_sternum = np.where(front_bone.any(axis=1), ys[np.argmax(front_bone, axis=1)], np.inf)
+    y_front = np.minimum(y_sternum, y_lung_front)
+    hu_c = _smooth(hu[zsl])
+    cand = ((xs[None, None, :] >= xr[:, None, None]) & (xs[None, None, :] <= xl[:, None, None])
+            & ok_z[:, None, None] & (ys[None, :, None] > y_front[:, None, None])
+            & (ys[None, :, None] < spine[zsl][:, None, None] - 5.0)
+            & t.body[zsl] & ~t.bone[zsl] & ~lungs
+            & (hu_c >= config.heart_hu[0]) & (hu_c <= config.heart_hu[1]))
+    if liver is not None:
+        cand &= ~box_dilate(liver[zsl], 1)
+    r = max(1, round(config.heart_opening_mm / grid.spacing_mm / 2))
+    core = _largest(box_open(cand, r))
+    ml = float(core.sum() * grid.spacing_mm**3 / 1000.0)
+    if ml < config.heart_min_ml:
+        return OrganResult(None, 0.0, f"no soft-tissue mass of >= {config.heart_min_ml:g} mL "
+                           "between the lungs above the diaphragm")
+    heart = box_dilate(core, r) & cand
+    conf = 0.5
+    reason = (f"largest soft-tissue mass ({config.heart_hu[0]:g}..{config.heart_hu[1]:g} HU) "
+              "between the lungs above the diaphragm, behind the sternum, in front of the spine")
+    if pet is not None:
+        # PET: blood-pool uptake separates the heart from the chest-wall muscle in front of it
+        pet_c = _smooth(pet[zsl])
+        ref = float(np.median(pet_c[core]))
+        heart = _largest(heart & (pet_c >= config.heart_suv_fraction * ref))
+        conf = 0.6
+        reason += (f", SUV >= {config.heart_suv_fraction:g} x its blood pool ({ref:.1f}): "
+                   "organ-adaptive threshold there")
+    heart = _fill(heart)
+    return OrganResult(_uncrop(heart, zsl, t.body.shape), conf, reason)
+
+
+def _lacrimal(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
+              config: AnatomyConfig) -> OrganResult:
+    """Paired small foci in the anterolateral head at orbit level (superolateral orbits)."""
+    zs = grid.z_mm()
+    body_z = np.flatnonzero(t.body.any(axis=(1, 2)))
+    lung_z = np.flatnonzero(t.lungs.any(axis=(1, 2)))
+    if body_z.size == 0 or lung_z.size == 0:
+        return OrganResult(None, 0.0, "no lungs in the CT, so the head cannot be located")
+    vertex, apex = float(zs[body_z[-1]]), float(zs[lung_z[-1]])
+    if vertex - apex < config.lacrimal_min_head_mm:
+        return OrganResult(None, 0.0, f"the CT ends {vertex - apex:.0f} mm above the lung "
+                           "apices: the head (orbits) is not in the scan")
+    lo, hi = config.lacrimal_below_vertex_mm
+    zsl = _z_slice(grid, vertex - hi, vertex - lo)
+    if zsl is None:
+        return OrganResult(None, 0.0, "the orbit level is outside the CT")
+    body = t.body[zsl]
+    cols = body.any(axis=(0, 1))
+    rows = body.any(axis=(0, 2))
+    xs, ys = grid.x_mm(), grid.y_mm()
+    x_mid = float((xs[cols]).mean())
+    y_front, y_back = float(ys[rows].min()), float(ys[rows].max())
+    lat = np.abs(xs - x_mid)[None, None, :]
+    ant = ys[None, :, None] <= y_front + config.lacrimal_anterior_fraction * (y_back - y_front)
+    hot = ((pet[zsl] >= config.lacrimal_suv) & body & ant
+           & (lat >= config.lacrimal_lateral_mm[0]) & (lat <= config.lacrimal_lateral_mm[1]))
+    lab, sizes = _components(hot)
+    ok = (sizes * grid.spacing_mm**3 / 1000.0 <= config.lacrimal_max_ml)
+    ok[0] = False
+    if not ok.any():
+        return OrganResult(None, 0.0, f"no small SUV >= {config.lacrimal_suv:g} focus "
+                           "lateral in the front of the head at orbit level")
+    foci = ok[lab]
+    left = foci & (xs[None, None, :] > x_mid)
+    sides = int(left.any()) + int((foci & ~left).any())
+    mask = box_dilate(foci, 1) & body
+    return OrganResult(_uncrop(mask, zsl, t.body.shape), 0.6 if sides == 2 else 0.4,
+                       f"{'paired' if sides == 2 else 'one-sided'} small SUV >= "
+                       f"{config.lacrimal_suv:g} foci {config.lacrimal_lateral_mm[0]:g}-"
+                       f"{config.lacrimal_lateral_mm[1]:g} mm off the midline in the front of "
+                       "the head, orbit level")
+
+
+def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
+           frame: PelvisFrame, spine: NDArray[np.float64], blocked: NDArray[np.bool_],
+           config: AnatomyConfig) -> OrganResult:
+    """Stomach, small bowel and colon: diffuse-uptake loops and gas-containing loops."""
+    dz = frame.diaphragm_z_mm
+    sym = frame.landmarks[Landmark.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
+    zs = grid.z_mm()
+    top = dz + config.bowel_above_diaphragm_mm if dz is not None else float(zs[-1])
+    bottom = sym[2] if sym is not None else float(zs[0])
+    zsl = _z_slice(grid, bottom, top)
+    if zsl is None or (dz is None and sym is None):
+        return OrganResult(None, 0.0, "neither the diaphragm nor the pelvis is in the CT, so "
+                           "the abdominal cavity cannot be located")
+    s = grid.spacing_mm
+    voxel_ml = s**3 / 1000.0
+    hu_raw = hu[zsl]
+    hu_c, pet_c = _smooth(hu_raw), _smooth(pet[zsl])
+    body = t.body[zsl]
+    w = max(1, round(config.bowel_wall_depth_mm / s))
+    inner = np.asarray(ndi.minimum_filter(body.view(np.uint8), size=(1, 2 * w + 1, 2 * w + 1),
+                                          mode="constant", cval=0), dtype=bool)
+    yy = grid.y_mm()[None, :, None]
+    dx = (grid.x_mm() - frame.x_mid_mm)[None, None, :]
+    sp = spine[zsl][:, None, None]
+    lungs = t.lungs[zsl]
+    left_of = np.maximum.accumulate(lungs, axis=2)
+    right_of = np.maximum.accumulate(lungs[:, :, ::-1], axis=2)[:, :, ::-1]
+    cavity = (inner & ~t.bone[zsl] & ~lungs & ~(left_of & right_of) & (yy < sp + 10.0)
+              & ~box_dilate(blocked[zsl], 1))
+    # nodal stations kept out: para-aortic / paracaval band and psoas in front of and beside
+    # the spine (sacrum in the pelvis), pelvic side walls
+    keep_out = (np.abs(dx) <= config.bowel_keepout_half_width_mm) & (
+        yy >= sp - config.bowel_keepout_front_mm)
+    crest = [frame.landmarks[lm].position_mm for lm in (Landmark.ILIAC_CREST_LEFT,
+                                                         Landmark.ILIAC_CREST_RIGHT)]
+    crest_z = [c[2] for c in crest if c is not None]
+    if crest_z:
+        r = max(1, round(config.bowel_sidewall_mm / s))
+        side = box_dilate(t.bone[zsl], r) & (np.abs(dx) >= 25.0)
+        side &= (zs[zsl] <= max(crest_z))[:, None, None]
+        keep_out = keep_out | side
+    whole = cavity  # loops are judged whole, through the nodal band
+    cavity = cavity & ~keep_out
+    # 1. diffuse-uptake loops: large tubular / tortuous components of moderate uptake (a node
+    #    is a compact ball: its volume is close to that of its largest inscribed ball)
+    avid = whole & (pet_c >= config.bowel_suv) & (hu_c >= config.bowel_hu[0]) & (
+        hu_c <= config.bowel_hu[1])
+    gas = cavity & (hu_raw <= config.bowel_gas_hu)
+    glab, gn = cc3d.connected_components(gas, connectivity=26, return_N=True)
+    if gn:
+        gsz = np.bincount(glab.ravel())
+        big_gas = gsz * voxel_ml >= config.bowel_gas_min_ml
+        big_gas[0] = False
+        gas = big_gas[glab]
+    lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
+    loops = np.zeros_like(avid)
+    if n:
+        count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+        depth = np.zeros(n + 1)
+        inner_c = avid
+        for step in range(1, 9):
+            inner_c = box_erode(inner_c, 1)
+            alive = np.unique(lab[inner_c])
+            if alive.size == 0 or (alive.size == 1 and alive[0] == 0):
+                break
+            depth[alive] = step
+        radius_mm = (depth + 1.0) * s
+        tubular = count * s**3 >= config.bowel_min_tubularity * (4.0 / 3.0) * np.pi * (
+            radius_mm**3)
+        with_gas = np.zeros(n + 1, dtype=bool)
+        with_gas[np.unique(lab[box_dilate(gas, 1)])] = True
+        ok = (count * voxel_ml >= config.bowel_min_ml) & (tubular | with_gas)
+        ok[0] = False
+        loops = ok[lab]
+    # lesion cores inside a loop stay out of the mask (with a one-voxel rim): voxels above
+    # bowel_peak_ratio x the loop's local level; inside the nodal band already above
+    # bowel_band_peak_ratio x (with a two-voxel rim), so a node beside a loop survives
+    # local loop level: the loop's mean uptake over a cube wider than a node, so a focus on a
+    # loop stands above it
+    level = np.full(loops.shape, np.inf, dtype=np.float32)
+    lbox = bbox(loops, pad=1)
+    if lbox is not None:
+        w = max(3, 2 * round(config.bowel_focus_max_mm / s / 2) + 1)
+        inside = loops[lbox].astype(np.float32)
+        num = ndi.uniform_filter(pet_c[lbox] * inside, size=w, mode="nearest")
+        den = ndi.uniform_filter(inside, size=w, mode="nearest")
+        level[lbox] = np.maximum(num / np.maximum(den, 1e-3), config.bowel_suv)
+    pet_raw = pet[zsl]
+    core = loops & (pet_raw > config.bowel_peak_ratio * level)
+    band_core = loops & keep_out & (pet_raw > config.bowel_band_peak_ratio * level)
+    # a focus is more than one noisy voxel: at least 3 such voxels in its 3x3x3 neighbourhood
+    band_core &= ndi.uniform_filter(band_core.astype(np.float32), size=3) * 27.0 >= 2.5
+    core = box_dilate(core, 1) | (box_dilate(band_core, 2) & keep_out)
+    # 2. gas-containing loops: the bowel wall / content around gas below the lungs
+    reach = max(1, round(config.bowel_gas_reach_mm / s))
+    wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
+            & (hu_c <= config.bowel_wall_hu[1])) | gas
+    if wall.any():
+        ref = float(np.median(pet_c[wall]))
+        core |= wall & (pet_c > max(config.bowel_peak_ratio * ref, config.bowel_suv))
+    mask = (loops | wall) & ~core
+    mask = box_close(mask, 1) & whole & ~core
+    mask &= cavity | loops
+    if mask.sum() * voxel_ml < config.bowel_min_ml:
+        return OrganResult(None, 0.0, "no diffuse-uptake or gas-containing bowel loops found in "
+                           "the abdominal cavity")
+    return OrganResult(_uncrop(mask, zsl, t.body.shape), 0.5,
+                       f"abdominal-cavity loops: uniform SUV >= {config.bowel_suv:g} components "
+                       f">= {config.bowel_min_ml:g} mL, and gas ({config.bowel_gas_hu:g} HU) with "
+                       f"the wall / content around it; para-aortic band, psoas and pelvic side "
+                       "walls kept out (nodal stations); focal cores above "
+                       f"{config.bowel_peak_ratio:g} x the loop's SUV left out")
+
+
+def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: PelvisFrame,
+             kidneys: NDArray[np.bool_] | None, bladder: NDArray[np.bool_] | None,
+             blocked: NDArray[np.bool_], config: AnatomyConfig) -> OrganResult:
+    """Thin elongated high-uptake tracks between the renal hila and the bladder."""
+    if kidneys is None or not kidneys.any():
+        return OrganResult(None, 0.0, "no kidneys found, so no ureter course to follow")
+    zs = grid.z_mm()
+    kz = float(zs[np.flatnonzero(kidneys.any(axis=(1, 2)))].mean())
+    if bladder is not None and bladder.any():
+        bz = float(zs[np.flatnonzero(bladder.any(axis=(1, 2)))[0]])
+    else:
+        sym = frame.landmarks[Landmark.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
+        bz = sym[2] if sym is not None else float(zs[0])
+    zsl = _z_slice(grid, bz, kz)
+    if zsl is None:
+        return OrganResult(None, 0.0, "no slices between the kidneys and the bladder")
+    s = grid.spacing_mm
+    lat = np.abs(grid.x_mm() - frame.x_mid_mm)[None, None, :]
+    excl = blocked[zsl] | box_dilate(kidneys[zsl], 1)
+    if bladder is not None:
+        excl |= box_dilate(bladder[zsl], 1)
+    # thin bright structures: white top-hat with an in-plane square wider than a ureter, so
+    # the broad halo of the bladder and kidneys and wide bowel loops drop out
+    body_box = bbox(t.body[zsl], pad=1)
+    assert body_box is not None  # the body is not empty (checked by the labeller)
+    pet_c = pet[zsl][body_box]
+    w = max(3, 2 * round(config.ureter_max_width_mm / s / 2) + 1)
+    tophat = np.zeros(t.body[zsl].shape, dtype=np.float32)
+    tophat[body_box] = pet_c - ndi.grey_opening(pet_c, size=(1, w, w), mode="nearest")
+    cand = ((pet[zsl] >= config.ureter_suv) & (tophat >= config.ureter_contrast_suv)
+            & t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl] & ~excl
+            & (lat >= config.ureter_lateral_mm[0]) & (lat <= config.ureter_lateral_mm[1]))
+    lab, n = cc3d.connected_components(cand, connectivity=26, return_N=True)
+    if n == 0:
+        return OrganResult(None, 0.0, f"no SUV >= {config.ureter_suv:g} track between the "
+                           "kidneys and the bladder")
+    # principal axes of every component at once (second moments from bincount)
+    kk, jj, ii = np.nonzero(lab)
+    ids = lab[kk, jj, ii]
+    pts = np.stack([kk, jj, ii], axis=1).astype(np.float64) * s
+    cnt = np.bincount(ids, minlength=n + 1).astype(np.float64)
+    safe = np.maximum(cnt, 1.0)
+    mean = np.stack([np.bincount(ids, pts[:, a], minlength=n + 1) for a in range(3)], 1) / (
+        safe[:, None])
+    d = pts - mean[ids]
+    cov = np.empty((n + 1, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            cov[:, a, b] = cov[:, b, a] = np.bincount(ids, d[:, a] * d[:, b],
+                                                      minlength=n + 1) / safe
+    ev = np.linalg.eigvalsh(cov)  # ascending
+    length = np.sqrt(12.0 * np.maximum(ev[:, 2], 0.0))
+    width = np.sqrt(12.0 * np.maximum(ev[:, 1], 0.0) + s * s)
+    ok = (length >= config.ureter_min_length_mm) & (
+        length >= config.ureter_min_elongation * width)
+    ok[0] = False
+    if not ok.any():
+        return OrganResult(None, 0.0, f"no elongated SUV >= {config.ureter_suv:g} track "
+                           f"(>= {config.ureter_min_length_mm:g} mm, length / width >= "
+                           f"{config.ureter_min_elongation:g}) between kidneys and bladder")
+    mask = box_dilate(ok[lab], 1) & t.body[zsl] & ~excl
+    return OrganResult(_uncrop(mask, zsl, t.body.shape), 0.5,
+                       f"elongated SUV >= {config.ureter_suv:g} tracks (>= "
+                       f"{config.ureter_min_length_mm:g} mm, length / width >= "
+                       f"{config.ureter_min_elongation:g}) {config.ureter_lateral_mm[0]:g}-"
+                       f"{config.ureter_lateral_mm[1]:g} mm off the midline between the kidneys "
+                       "and the bladder (equivocal, domain.md 3.1)")
