@@ -119,7 +119,7 @@ class AnatomyConfig:
     organ_hu_tol: float = 30.0
     organ_suv_ratio: tuple[float, float] = (0.5, 1.6)
     kidney_over_liver: float = 1.4
-    organ_rim_mm: float = 6.0
+    organ_rim_mm: float = 9.0
     liver_min_ml: float = 300.0
     spleen_ml: tuple[float, float] = (30.0, 1500.0)
     # heart (blood pool between the lungs)
@@ -142,6 +142,7 @@ class AnatomyConfig:
     bowel_min_tubularity: float = 2.0
     bowel_peak_ratio: float = 2.0
     bowel_band_peak_ratio: float = 1.4
+    bowel_band_rim: int = 2
     bowel_focus_max_mm: float = 15.0
     bowel_gas_hu: float = -400.0
     bowel_gas_min_ml: float = 0.3
@@ -151,12 +152,12 @@ class AnatomyConfig:
     bowel_above_diaphragm_mm: float = 60.0
     bowel_keepout_half_width_mm: float = 70.0
     bowel_keepout_front_mm: float = 35.0
-    bowel_sidewall_mm: float = 20.0
+    bowel_sidewall_mm: float = 10.0
     # ureters
     ureter_suv: float = 2.5
     ureter_lateral_mm: tuple[float, float] = (10.0, 110.0)
-    ureter_min_length_mm: float = 30.0
-    ureter_min_elongation: float = 3.0
+    ureter_min_length_mm: float = 20.0
+    ureter_min_elongation: float = 2.5
     ureter_max_width_mm: float = 15.0
     ureter_contrast_suv: float = 1.5
     # fossa box (domain.md 3.3)

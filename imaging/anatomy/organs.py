@@ -655,7 +655,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     band_core = loops & keep_out & (pet_raw > config.bowel_band_peak_ratio * level)
     # a focus is more than one noisy voxel: at least 3 such voxels in its 3x3x3 neighbourhood
     band_core &= ndi.uniform_filter(band_core.astype(np.float32), size=3) * 27.0 >= 2.5
-    core = box_dilate(core, 1) | (box_dilate(band_core, 2) & keep_out)
+    core = box_dilate(core, 1) | (box_dilate(band_core, config.bowel_band_rim) & keep_out)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
