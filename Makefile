@@ -23,11 +23,11 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# System components some tests need (headless Chromium to render the HTML report).
-# Installed when we can (root with apt-get); the tests skip with a reason when absent,
-# and fail instead of skipping under CI=true.
+# System components: headless Chromium renders the HTML report in a test; dcm2niix is the
+# reference the loading benchmark is timed against. Installed when we can (root with apt-get);
+# tests skip with a reason when Chromium is absent, and fail instead under CI=true.
 system-deps:
-	@bash tools/system-deps.sh
+	@bash tools/system-deps.sh chromium
 
 # The main job, end to end, on a synthetic cohort generated here (no data download):
 # 12 patients of mixed stage as DICOM -> staged in parallel into SQLite -> summary.
@@ -44,8 +44,12 @@ lint: install-test
 	$(BIN)/ruff check imaging staging fixtures tests benchmarks
 	$(BIN)/mypy
 
+# The speed and memory benchmarks whose figures are in docs/performance.md (a few minutes).
+# The batch throughput and method comparison take longer: see docs/batch.md, docs/benchmarks.md.
+BENCHMARKS := bench_load bench_anatomy bench_lesions bench_stage bench_phantom bench_metrics
 bench: install-test
-	$(BIN)/python benchmarks/run_all.py
+	@bash tools/system-deps.sh dcm2niix
+	@for b in $(BENCHMARKS); do echo "== $$b"; $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

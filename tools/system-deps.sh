@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Installs the Debian packages some tests need, when this machine lets us (root + apt-get).
+# Installs the Debian packages named on the command line (each provides a command of the same
+# name) when they are missing and this machine lets us (root + apt-get). Usage:
+#   tools/system-deps.sh chromium [dcm2niix ...]
 # Never fails the build by itself: tests that need a missing component skip with a reason,
 # or fail under CI=true.
 set -u
 need=()
-command -v chromium >/dev/null 2>&1 || need+=(chromium)
-command -v dcm2niix >/dev/null 2>&1 || need+=(dcm2niix)
+for pkg in "$@"; do
+  command -v "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
   echo "system-deps: cannot install ${need[*]} (not root or no apt-get); tests that need them will skip." >&2
