@@ -32,3 +32,10 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main([]) == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+def test_command_map_names_every_registered_command() -> None:
+    parser = cli.build_parser(None)
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    registered = set(subparsers.choices) - {"phantom"}  # type: ignore[attr-defined]
+    assert registered == set(cli._COMMAND_MODULES)
