@@ -89,9 +89,10 @@ def run_one(item: dict[str, Any], work: str, size: str) -> dict[str, Any]:
     row["generate_s"] = round(time.perf_counter() - t0, 2)
     t1 = time.perf_counter()
     try:
-        lesion_tracer = {"psma1007": "psma1007", "dcfpyl": "dcfpyl"}.get(item["tracer"], "psma11")
-        result = stage_study(source, root / "result",
-                             config=load_config(lesion={"tracer": lesion_tracer}))
+        # DICOM names its radiopharmaceutical (tracer "auto" reads it); NIfTI does not, so the
+        # tracer is set as a user would set it
+        overrides = {} if item["format"] == "dicom" else {"lesion": {"tracer": item["tracer"]}}
+        result = stage_study(source, root / "result", config=load_config(**overrides))
         rec = result.record
         row.update(error="", group=rec["group"], emmett=rec["emmett_group"], mitnm=rec["mitnm"],
                    needs_review=rec["needs_review"],

@@ -64,7 +64,8 @@ def run_one(index: int, seed: int, work: str, fmt: str) -> dict[str, Any]:
         source = StudySource.from_nifti(pdir / "nifti" / "SUV.nii.gz",
                                         pdir / "nifti" / "CTres.nii.gz",
                                         patient_id=patient.patient_id)
-    result = stage_study(source, root / "out", config=load_config())
+    overrides = {} if fmt == "dicom" else {"lesion": {"tracer": tracer}}  # NIfTI names no tracer
+    result = stage_study(source, root / "out", config=load_config(**overrides))
     record = result.record
     found = read_nifti(root / "out" / "lesions.nii.gz", unit="label")
     truth_les = resample_to(patient.lesions_pet, found, interpolation="nearest", fill=0).array

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from imaging.anatomy import AnatomyMap, label_anatomy
 from imaging.errors import AnatomyError, NoUsableSeriesError, PipelineError, SuvError
-from imaging.lesions import LesionResult, find_lesions
+from imaging.lesions import LesionResult, find_lesions, tracer_from_radiopharmaceutical
 from imaging.vocabulary import Landmark, LesionCategory
 from imaging.volume import PetCtStudy
 from staging.classify import classify_lesions, stage_patient
@@ -98,6 +99,25 @@ def load_source(source: StudySource, *, config: PipelineConfig) -> PetCtStudy:
             "PET given without CT: staging needs the CT for bone, organs, the prostate fossa "
             "and the nodal regions; add --ct CT.nii.gz.", path=source.pet_nifti)
     return load_nifti_study(source.pet_nifti, source.ct_nifti, patient_id=source.patient_id)
+
+
+def resolve_tracer(config: PipelineConfig, study: PetCtStudy) -> tuple[PipelineConfig, str | None]:
+    """Replace ``lesion.tracer = "auto"`` by the tracer named in the study's DICOM header.
+
+    Returns the configuration the study is staged with (saved with the result, so the hash
+    says which tracer rules applied) and, when the tracer stays unknown, the review reason.
+    """
+    if config.lesion.tracer != "auto":
+        return config, None
+    name = study.meta.radiopharmaceutical
+    tracer = tracer_from_radiopharmaceutical(name)
+    if tracer is None:
+        stated = f"Radiopharmaceutical {name!r} is not a known PSMA tracer" if name else (
+            "the input does not name the radiopharmaceutical")
+        return config, (f"tracer unknown ({stated}): staged as a urinary-excretion tracer "
+                        "(PSMA-11 / DCFPyL); set lesion.tracer (psma11, dcfpyl, psma1007)")
+    logger.info("tracer %s from the DICOM Radiopharmaceutical", tracer)
+    return replace(config, lesion=replace(config.lesion, tracer=tracer)), None
 
 
 def _check_suv(study: PetCtStudy, where: str) -> None:
@@ -212,7 +232,8 @@ def _write_outputs(
     elif not categories:
         skipped["lesions_seg.dcm"] = "no lesions: a DICOM Segmentation needs at least one segment"
     else:
-        headers = _source_pet_headers(source, study.meta.pet_series_instance_uid)
+        headers = study.pet_headers or _source_pet_headers(
+            source, study.meta.pet_series_instance_uid)
         written["lesions_seg.dcm"] = write_dicom_seg(labels, categories, headers,
                                                      tmp / "lesions_seg.dcm")
     title = f"{staging.patient_id}: {staging.mitnm}  ({staging.group})"
@@ -287,6 +308,7 @@ def stage_study(
         study = load_source(source, config=config)
     with _timed(timings, "suv"):
         _check_suv(study, where)
+    config, tracer_note = resolve_tracer(config, study)
     assert study.ct is not None
     with _timed(timings, "anatomy"):
         anatomy = label_anatomy(study.ct, pet=study.pet, reference=study.pet,
@@ -298,6 +320,8 @@ def stage_study(
         classified = classify_lesions(lesions.lesions, labels=np.asarray(lesions.labels.array),
                                       anatomy=anatomy, config=config.staging)
         review = _review_from_anatomy(anatomy, {c.category for c in classified})
+        if tracer_note:
+            review.append(tracer_note)
         staging = stage_patient(classified, patient_id=study.meta.patient_id,
                                 config=config.staging, review_reasons=review,
                                 config_hash=config.hash())

@@ -12,7 +12,7 @@ Methods, references and validation figures: ``docs/lesions.md``.
 
 from __future__ import annotations
 
-from imaging.lesions.config import PRESETS, LesionConfig
+from imaging.lesions.config import PRESETS, LesionConfig, tracer_from_radiopharmaceutical
 from imaging.lesions.finder import Lesion, LesionResult, find_lesions
 from imaging.lesions.measures import mipsma
 from imaging.lesions.reference import ReferenceValue, ReferenceValues, measure_reference_regions
@@ -27,4 +27,5 @@ __all__ = [
     "find_lesions",
     "measure_reference_regions",
     "mipsma",
+    "tracer_from_radiopharmaceutical",
 ]

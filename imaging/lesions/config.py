@@ -18,11 +18,11 @@ __all__ = ["PRESETS", "LesionConfig", "Method", "SoftTissueRule", "Tracer"]
 
 Method = Literal["fixed", "percist", "qpsma-split"]
 SoftTissueRule = Literal["qpsma", "percist"]
-Tracer = Literal["psma11", "dcfpyl", "psma1007"]
+Tracer = Literal["auto", "psma11", "dcfpyl", "psma1007"]
 
 _METHODS: tuple[str, ...] = ("fixed", "percist", "qpsma-split")
 _SOFT_RULES: tuple[str, ...] = ("qpsma", "percist")
-_TRACERS: tuple[str, ...] = ("psma11", "dcfpyl", "psma1007")
+_TRACERS: tuple[str, ...] = ("auto", "psma11", "dcfpyl", "psma1007")
 
 # Hard exclusion : organs whose uptake is physiological excretion or
 # secretion; a lesion inside them cannot be told from the organ by an SUV threshold.
@@ -94,9 +94,13 @@ class LesionConfig:
         Components smaller than this are dropped (0.1 mL ~ 2 PET voxels) [D].
     connectivity : {6, 18, 26}
         Voxel connectivity of connected components; 18 as autoPET [V].
-    tracer : {"psma11", "dcfpyl", "psma1007"}
+    tracer : {"auto", "psma11", "dcfpyl", "psma1007"}
         ``"psma1007"`` (hepatobiliary excretion) adds the gallbladder to the hard exclusion and
         uses the spleen instead of the liver as the miPSMA score-2 reference (PROMISE V2 [V]).
+        ``"auto"`` (default): the pipeline reads the tracer from the DICOM Radiopharmaceutical
+        (:func:`tracer_from_radiopharmaceutical`); where it cannot (NIfTI input, an unknown
+        name), the finder treats the study as a urinary-excretion tracer (PSMA-11 / DCFPyL) and
+        says so in ``LesionResult.notes``.
     exclude : tuple of AnatomyLabel
         Hard-excluded organs .
     exclusion_margin_mm : float
@@ -175,7 +179,7 @@ class LesionConfig:
     split_prominence_suv: float = 1.0
     min_volume_ml: float = 0.1
     connectivity: int = 18
-    tracer: Tracer = "psma11"
+    tracer: Tracer = "auto"
     exclude: tuple[AnatomyLabel, ...] = _DEFAULT_EXCLUDE
     exclusion_margin_mm: float = 3.0
     adaptive_margin_mm: float = 6.0
@@ -329,3 +333,29 @@ PRESETS: dict[str, LesionConfig] = {
     "suv3-split": LesionConfig(method="fixed", threshold_suv=3.0, split=True),
 }
 """Named configurations compared in ``docs/lesions.md`` (``benchmarks/validate_lesions.py``)."""
+
+
+_TRACER_NAMES: tuple[tuple[str, Tracer], ...] = (
+    ("1007", "psma1007"),
+    ("dcfpyl", "dcfpyl"), ("piflufolastat", "dcfpyl"), ("pylarify", "dcfpyl"),
+    ("psma-11", "psma11"), ("psma11", "psma11"), ("psma 11", "psma11"), ("hbed", "psma11"),
+    ("gozetotide", "psma11"), ("illuccix", "psma11"), ("locametz", "psma11"),
+)
+
+
+def tracer_from_radiopharmaceutical(name: str | None) -> Tracer | None:
+    """The tracer family of a DICOM Radiopharmaceutical (0018,0031) text, or None if unknown.
+
+    Matches the generic, chemical and trade names case-insensitively, e.g.
+    ``"F-18 PSMA-1007"`` -> ``"psma1007"``, ``"Piflufolastat F 18"`` -> ``"dcfpyl"``,
+    ``"Ga-68 gozetotide"`` -> ``"psma11"``. Other PSMA ligands (rhPSMA-7.3, PSMA-I&T, ...)
+    return None: their excretion differs, so the caller must set the tracer explicitly.
+    """
+    if not name:
+        return None
+    text = name.lower()
+    for key, tracer in _TRACER_NAMES:
+        if key in text:
+            return tracer
+    return None
+

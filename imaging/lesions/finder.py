@@ -522,6 +522,10 @@ def find_lesions(
     arr = suv.array
     shape = suv.shape
     notes: list[str] = []
+    if config.tracer == "auto":
+        notes.append("tracer not stated: treated as a urinary-excretion tracer (PSMA-11 / "
+                     "DCFPyL; no gallbladder exclusion, liver as the miPSMA reference); set "
+                     "the tracer for [18F]PSMA-1007")
     reference = measure_reference_regions(suv, anatomy=masks, config=config)
     bone = masks.get(AnatomyLabel.BONE)
     t_soft, t_bone, how = _thresholds(reference, config, bone is not None)
