@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +37,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import pixel_array
 from pydicom.tag import BaseTag
 
+from imaging.dicom_header import read_header_fast
 from imaging.errors import (
     DicomError,
     DicomWarning,
@@ -52,6 +53,7 @@ __all__ = [
     "StudyInventory",
     "assemble_volume",
     "discover",
+    "median",
     "raw_floats",
     "raw_text",
     "raw_value",
@@ -84,6 +86,19 @@ _TAG = {
     "FrameOfReferenceUID": "(0020,0052)",
     "NumberOfFrames": "(0028,0008)",
 }
+
+
+def median(values: Any) -> float:
+    """The median of finite numbers, as ``numpy.median`` gives it.
+
+    ``numpy.median`` imports ``numpy.ma`` on first use (tens of milliseconds of a load).
+    """
+    ordered = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
+    n = ordered.size
+    if n == 0:
+        raise ValueError("median of no values")
+    half = n // 2
+    return float(ordered[half]) if n % 2 else float(np.mean(ordered[half - 1:half + 1]))
 
 
 def _t(keyword: str) -> str:
@@ -366,6 +381,9 @@ def _read_header(path: Path) -> tuple[Dataset, int | None] | str:
                 if "SOPClassUID" not in ds or "SeriesInstanceUID" not in ds:
                     return "not_dicom"
             else:
+                fast = _read_header_fast(fh, path)
+                if fast is not None:
+                    return fast
                 fh.seek(0)
                 try:
                     ds = dcmread(fh, stop_before_pixels=True)
@@ -375,6 +393,14 @@ def _read_header(path: Path) -> tuple[Dataset, int | None] | str:
     except OSError:
         return "unreadable"
     return ds, offset
+
+
+def _read_header_fast(fh: BinaryIO, path: Path) -> tuple[Dataset, int] | None:
+    """:func:`imaging.dicom_header.read_header_fast`, or None to let pydicom read the file."""
+    try:
+        return read_header_fast(fh, path)
+    except _READ_ERRORS:
+        return None  # corrupt in a way pydicom reports: read again by dcmread
 
 
 def _str(ds: Dataset, kw: str) -> str | None:
@@ -671,8 +697,15 @@ def read_series_headers(files: Sequence[Path]) -> list[Dataset]:
     """
     out: list[Dataset] = []
     for path in files:
+        ds: Dataset
         try:
-            ds = dcmread(path, stop_before_pixels=True)
+            with open(path, "rb") as fh:
+                fast = _read_header_fast(fh, path)
+                if fast is None:
+                    fh.seek(0)
+                    ds = dcmread(fh, stop_before_pixels=True)
+                else:
+                    ds = fast[0]
         except _READ_ERRORS as err:
             raise DicomError(
                 f"cannot read the DICOM header ({type(err).__name__}: {err}); the file is "
@@ -737,7 +770,16 @@ def slice_geometry(headers: Sequence[Dataset], paths: Sequence[Path], *,
     ps0 = _floats(headers[0], "PixelSpacing", 2, paths[0])
     rows0, cols0 = _int(headers[0], "Rows", paths[0]), _int(headers[0], "Columns", paths[0])
     positions = np.empty((n, 3))
+    # a slice whose undecoded values equal those of a slice already checked needs no check
+    same_keys = ("ImageOrientationPatient", "Rows", "Columns", "PixelSpacing")
+    checked_raw: list[Any] | None = None
     for idx, (ds, path) in enumerate(zip(headers, paths, strict=True)):
+        raw = [raw_value(ds, kw) for kw in same_keys] if idx else None
+        if checked_raw is not None and raw == checked_raw:
+            positions[idx] = _floats(ds, "ImagePositionPatient", 3, path)
+            continue
+        if raw is not None and checked_raw is None and all(isinstance(r, bytes) for r in raw):
+            checked_raw = raw  # checked below (an error stops the loop)
         iop = _floats(ds, "ImageOrientationPatient", 6, path) if idx else iop0
         if idx and not np.allclose(iop, iop0, atol=1e-4):
             raise InconsistentSeriesError(
@@ -790,15 +832,15 @@ def slice_geometry(headers: Sequence[Dataset], paths: Sequence[Path], *,
                 "or pick the series by SeriesInstanceUID.",
                 path=paths[b],
             )
-        median = float(np.median(diffs))
-        gap = np.flatnonzero(diffs > 1.5 * median)
+        median_mm = median(diffs)
+        gap = np.flatnonzero(diffs > 1.5 * median_mm)
         if gap.size:
             g = gap[0]
             raise InconsistentSeriesError(
                 f"missing slice(s): gap of {diffs[g]:.3f} mm along the slice normal between "
                 f"{_t('ImagePositionPatient')} {positions[order[g]].round(3).tolist()} in "
                 f"{paths[order[g]]} and {positions[order[g + 1]].round(3).tolist()} here, "
-                f"> 1.5 x the median spacing {median:.3f} mm. Re-export the complete series.",
+                f"> 1.5 x the median spacing {median_mm:.3f} mm. Re-export the complete series.",
                 path=paths[order[g + 1]],
             )
         # gantry tilt: the slice stack must advance along the normal

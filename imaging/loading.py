@@ -197,7 +197,8 @@ def _load_study(
         meta.study_instance_uid, pet.shape, None if ct_vol is None else ct_vol.shape,
         conversion.factor,
     )
-    return PetCtStudy(pet=pet, ct=ct_vol, meta=meta, suv_provenance=provenance)
+    return PetCtStudy(pet=pet, ct=ct_vol, meta=meta, suv_provenance=provenance,
+                      pet_headers=tuple(pet_headers), pet_files=tuple(pet_paths))
 
 
 def _headers(series: SeriesInfo) -> list[Any]:

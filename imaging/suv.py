@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
-from imaging.dicom import raw_text, raw_value
+from imaging.dicom import median, raw_text, raw_value
 from imaging.errors import MissingAttributeError, SuvError
 
 __all__ = [
@@ -164,7 +164,7 @@ class SuvConversion:
     @property
     def factor(self) -> float:
         """The series factor (the median of the per-instance factors)."""
-        return float(np.median(self.factors))
+        return median(self.factors)
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -378,9 +378,10 @@ def _check_single_series(headers: Sequence[Dataset], paths: Sequence[Path | None
     """
     if len(headers) < 2:
         return
-    _check_instance(headers[0], headers[1], paths, 1)
     keys = (*_SERIES_LEVEL, "RadiopharmaceuticalInformationSequence")
+    # taken before the exact check below decodes (and so replaces) the second's elements
     ref = [raw_value(headers[1], kw) for kw in keys]
+    _check_instance(headers[0], headers[1], paths, 1)
     for i, ds in enumerate(headers[2:], start=2):
         if any(raw_value(ds, kw) != r for kw, r in zip(keys, ref, strict=True)):
             _check_instance(headers[0], ds, paths, i)
@@ -947,7 +948,7 @@ def compute_suv_factors(
             factors[i] = mass / (dose * decay)
         assert start is not None
         prov["injection_datetime"] = start.isoformat()
-        prov["decay_time_s"] = float(np.median(decays))
+        prov["decay_time_s"] = median(decays)
         prov["decay_time_s_range"] = [float(min(decays)), float(max(decays))]
         prov["branch"] = (
             f"{prov['branch_units']}/DecayCorrection NONE (override: dose decayed to each "
@@ -960,7 +961,7 @@ def compute_suv_factors(
             path=p0,
         )
     factors = factors * bq_per_modality_value
-    prov["factor"] = float(np.median(factors))
+    prov["factor"] = median(factors)
     return SuvConversion(factors, unit, _finish(prov, factors))
 
 

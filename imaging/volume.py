@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -219,12 +220,19 @@ class PetCtStudy:
 
     ``suv_provenance`` is the JSON-ready record of the SUV conversion (every input, the branch
     taken, the factor and warnings); see :mod:`imaging.suv`.
+
+    ``pet_headers`` (DICOM input only) holds the header of every instance of the source PET
+    series as read by the loader (pydicom datasets without pixel data, in file order), and
+    ``pet_files`` their files: what a DICOM Segmentation or any other derived object needs to
+    reference the source images without reading the folder again. ``None`` otherwise.
     """
 
     pet: Volume
     ct: Volume | None
     meta: StudyMetadata
     suv_provenance: Mapping[str, Any] = field(default_factory=dict)
+    pet_headers: tuple[Any, ...] | None = field(default=None, repr=False)
+    pet_files: tuple[Path, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.pet.unit not in ("g/ml", "cm2/ml"):
