@@ -1055,7 +1055,12 @@ def _fill_slice(out: NDArray[Any], k: int, path: Path, header: Dataset, s: float
             raise DicomError(
                 f"rescaled values {lo}..{hi} overflow {out.dtype}; pass dtype=numpy.float32.",
                 path=path)
-        if s == 1:
+        if s == 1 and out.dtype == np.int16 and stored.dtype.itemsize == 2:
+            # The range check above makes stored + b exact in int16, so 16-bit modular
+            # arithmetic (any 16-bit stored type viewed as int16) gives the same values as
+            # int32, in an int16 loop (a third faster on a whole-body CT).
+            np.add(stored.view(np.int16), np.int16(b), out=out[k])
+        elif s == 1:
             np.add(stored, np.int32(b), out=out[k], casting="unsafe")
         else:
             np.multiply(stored, np.int32(s), out=out[k], casting="unsafe")
@@ -1064,6 +1069,14 @@ def _fill_slice(out: NDArray[Any], k: int, path: Path, header: Dataset, s: float
         np.multiply(stored, s, out=out[k], casting="unsafe")
         if b != 0:
             out[k] += np.float32(b)
+
+
+def _bits_allocated(ds: Dataset) -> int:
+    try:
+        bits = raw_floats(ds, "BitsAllocated")
+    except ValueError:
+        bits = None
+    return 16 if bits is None or not bits[0] else int(bits[0])
 
 
 def assemble_volume(
@@ -1121,7 +1134,7 @@ def assemble_volume(
         integral = (
             scale is None and np.all(rescale[:, 0] == np.round(rescale[:, 0]))
             and np.all(rescale[:, 1] == np.round(rescale[:, 1]))
-            and all(int(ds.get("BitsAllocated", 16) or 16) <= 16 for ds in headers)
+            and all(_bits_allocated(ds) <= 16 for ds in headers)
             and np.all(np.abs(rescale[:, 0]) == 1)
             and np.all(np.abs(rescale[:, 1]) <= 2048)
         )

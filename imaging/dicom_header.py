@@ -45,6 +45,14 @@ _UNDEFINED = 0xFFFFFFFF
 _TAG_LEN_EXPLICIT = struct.Struct("<HH2sH")
 _TAG_LEN_IMPLICIT = struct.Struct("<HHL")
 _UINT32 = struct.Struct("<L")
+_TAGS: dict[int, BaseTag] = {}  # one BaseTag per tag number seen (a few hundred at most)
+
+
+def _raw_element(tag: BaseTag, vr: str | None, length: int, value: bytes | None, tell: int,
+                 implicit: bool) -> RawDataElement:
+    # RawDataElement(...) without the namedtuple's keyword-handling wrapper
+    return tuple.__new__(RawDataElement,
+                         (tag, vr, length, value, tell, implicit, True, True, False))
 
 
 class _Buffer:
@@ -161,7 +169,9 @@ def _dataset(buf: _Buffer, pos: int, implicit: bool
             return elements, pos
         if tag_int == _ITEM_DELIMITER or group <= 2:
             return None
-        tag = BaseTag(tag_int)
+        tag = _TAGS.get(tag_int)
+        if tag is None:
+            tag = _TAGS.setdefault(tag_int, BaseTag(tag_int))
         if length == _UNDEFINED:
             sq_vr = vr
             if implicit:
@@ -185,7 +195,7 @@ def _dataset(buf: _Buffer, pos: int, implicit: bool
         value = data[start:pos] if length else _empty(vr)
         if tag_int == _CHARSET_TAG:
             encoding = convert_encodings(convert_string(value or b"", True))
-        elements[tag] = RawDataElement(tag, vr, length, value, start, implicit, True)
+        elements[tag] = _raw_element(tag, vr, length, value, start, implicit)
 
 
 def read_header_fast(fh: BinaryIO, path: Path) -> tuple[FileDataset, int] | None:
@@ -229,5 +239,7 @@ def read_header_fast(fh: BinaryIO, path: Path) -> tuple[FileDataset, int] | None
         is_implicit_vr=False, is_little_endian=True, character_encoding=default_encoding)
     fh.seek(offset)
     ds = FileDataset(fh, elements, buf.data[:128], file_meta, implicit, True)
-    ds.set_original_encoding(implicit, True, ds._character_set)
+    # pydicom passes ds._character_set, which is the default unless the header names one
+    charset = ds._character_set if _CHARSET_TAG in elements else default_encoding
+    ds.set_original_encoding(implicit, True, charset)
     return ds, offset

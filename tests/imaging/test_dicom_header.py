@@ -24,8 +24,7 @@ def _elements(ds: Dataset) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     for tag, elem in ds._dict.items():
         if type(elem).__name__ == "RawDataElement":
-            out.append(("raw", tag, elem.VR, elem.length, elem.value, elem.value_tell,
-                        elem.is_implicit_VR, elem.is_little_endian))
+            out.append(("raw", tag, *elem))  # every field of the named tuple
         else:
             out.append(("element", tag, elem.VR, repr(elem.value), elem.is_undefined_length))
     return out
