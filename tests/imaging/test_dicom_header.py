@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
 
 import imaging.dicom
-from imaging.dicom import discover, read_series_headers
+from imaging.dicom import assemble_volume, discover, read_series_headers
 from imaging.dicom_header import read_header_fast
 from imaging.loading import load_study
 from tests.imaging.dicom_builders import Geometry, write_ct_series, write_pet_series, write_study
@@ -149,3 +149,29 @@ def test_loaded_study_keeps_the_pet_headers(tmp_path: Path) -> None:
         assert ds.SeriesInstanceUID == study.meta.pet_series_instance_uid
     z = sorted(float(ds.ImagePositionPatient[2]) for ds in study.pet_headers)
     np.testing.assert_allclose(z, sorted(study.pet.axis_world_coordinates(0)[:, 2]), atol=1e-3)
+
+
+@pytest.mark.parametrize(("signed", "intercept"), [(False, -1024), (False, -32768), (True, -1024),
+                                                   (True, 2048)])
+def test_int16_ct_rescale_matches_exact_arithmetic(tmp_path: Path, signed: bool,
+                                                   intercept: int) -> None:
+    """Unsigned stored values above 32767 and large intercepts land exactly in int16 HU."""
+    geom = Geometry(shape=(3, 16, 20), spacing=(2.0, 2.0, 2.0))
+    paths = write_ct_series(tmp_path / "ct", geom=geom)
+    rng = np.random.default_rng(5)
+    lo, hi = max(-32768 - intercept, -32768 if signed else 0), min(32767 - intercept,
+                                                                   32767 if signed else 65535)
+    expected = []
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PixelRepresentation = int(signed)
+        stored = rng.integers(lo, hi + 1, size=(16, 20))
+        stored[0, 0], stored[0, 1] = lo, hi
+        ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
+        ds.RescaleIntercept = str(intercept)
+        ds.save_as(p, enforce_file_format=True)
+        expected.append(stored + intercept)
+    vol = assemble_volume(read_series_headers(paths), paths, unit="HU",
+                          pixel_offsets=discover(tmp_path).studies[0].series[0].pixel_offsets)
+    assert vol.array.dtype == (np.int16 if abs(intercept) <= 2048 else np.float32)
+    np.testing.assert_array_equal(vol.array, np.asarray(expected))
