@@ -79,8 +79,8 @@ def mip_images(
     lab, _ = canonical_zyx(labels)
     s = np.asarray(s, dtype=np.float32)
     out = {}
+    lesion_suv = np.where(lab > 0, s, -np.inf)
     for name, axis in (("anterior", 1), ("lateral", 2)):
-        lesion_suv = np.where(lab > 0, s, -np.inf)
         arg = np.argmax(lesion_suv, axis=axis)
         ids = np.take_along_axis(lab, np.expand_dims(arg, axis), axis=axis).squeeze(axis)
         ids = np.where(np.isfinite(np.max(lesion_suv, axis=axis)), ids, 0).astype(np.int64)

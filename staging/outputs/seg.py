@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
 from imaging import __version__
+from imaging.dicom import raw_floats
 from imaging.errors import DicomError
 from imaging.vocabulary import LesionCategory
 from imaging.volume import Volume
@@ -31,27 +32,63 @@ SEGMENT_ORDER: tuple[str, ...] = tuple(c.value for c in LesionCategory)
 """Categories in segment order; only categories with lesions get a segment (numbered 1..)."""
 
 
-def _slice_index_grid(ds: Dataset, grid: Volume) -> NDArray[np.int64]:
-    """Nearest ``(k, j, i)`` voxel of ``grid`` for every pixel centre of one image.
+def _floats(ds: Dataset, keyword: str, n: int) -> NDArray[np.float64]:
+    """A numeric attribute of a source image as ``n`` floats (from its undecoded value)."""
+    try:
+        value = raw_floats(ds, keyword)
+    except ValueError as err:
+        raise DicomError(f"source PET image: {keyword} is not numeric ({err}).") from err
+    if value is None or value.shape != (n,):
+        raise DicomError(f"source PET image: {keyword} is absent or does not hold {n} values.")
+    return value
+
+
+def _index_steps(ds: Dataset, grid: Volume
+                 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Continuous ``(k, j, i)`` index of pixel (0, 0) of one image, and the index steps of one
+    column to the right and one row down.
 
     Pixel ``(r, c)`` lies at ``IPP + c * dc * row_dir + r * dr * col_dir`` (LPS mm); the map to
-    continuous voxel indices is affine, so it is built from the index of the first pixel and
-    the index steps along a row and down a column.
+    continuous voxel indices is affine.
+    """
+    ipp = _floats(ds, "ImagePositionPatient", 3)
+    iop = _floats(ds, "ImageOrientationPatient", 6)
+    row_spacing, col_spacing = _floats(ds, "PixelSpacing", 2)
+    start = grid.world_to_index(ipp)
+    to_index = np.asarray(grid.direction) / np.asarray(grid.spacing)[None, :]
+    return start, (col_spacing * iop[:3]) @ to_index, (row_spacing * iop[3:]) @ to_index
+
+
+def _slice_index_grid(ds: Dataset, grid: Volume) -> NDArray[np.int64]:
+    """Nearest ``(k, j, i)`` voxel of ``grid`` for every pixel centre of one image.
 
     Returns
     -------
     ndarray of int64, shape (rows, columns, 3)
     """
-    ipp = np.asarray([float(v) for v in ds.ImagePositionPatient])
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
-    start = grid.world_to_index(ipp)
-    to_index = np.asarray(grid.direction) / np.asarray(grid.spacing)[None, :]
-    step_c = (col_spacing * iop[:3]) @ to_index
-    step_r = (row_spacing * iop[3:]) @ to_index
+    start, step_c, step_r = _index_steps(ds, grid)
     r = np.arange(int(ds.Rows), dtype=np.float64)[:, None, None]
     c = np.arange(int(ds.Columns), dtype=np.float64)[None, :, None]
     return np.rint(start + r * step_r + c * step_c).astype(np.int64)
+
+
+def _integer_indices(start: NDArray[np.float64], step_c: NDArray[np.float64],
+                     step_r: NDArray[np.float64], rows: int, columns: int
+                     ) -> list[NDArray[np.int64]] | None:
+    """The nearest-voxel indices per axis, shape (rows, columns), by integer arithmetic.
+
+    Exact (the same indices as rounding the continuous ones) when pixel (0, 0) lies within
+    rounding distance of a voxel centre and the steps are whole voxels: the usual case of a
+    segmentation on the grid the PET was loaded to. ``None`` otherwise.
+    """
+    s0, sc, sr = np.rint(start), np.rint(step_c), np.rint(step_r)
+    error = (np.abs(start - s0) + (columns - 1) * np.abs(step_c - sc)
+             + (rows - 1) * np.abs(step_r - sr))
+    if np.any(error >= 0.49):
+        return None
+    r = np.arange(rows, dtype=np.int64)[:, None]
+    c = np.arange(columns, dtype=np.int64)[None, :]
+    return [int(s0[a]) + r * int(sr[a]) + c * int(sc[a]) for a in range(3)]
 
 
 def frame_masks(label_map: NDArray[np.integer[Any]], grid: Volume,
@@ -64,14 +101,22 @@ def frame_masks(label_map: NDArray[np.integer[Any]], grid: Volume,
         Label value at each pixel centre (nearest voxel; 0 outside the grid).
     """
     first = source_images[0]
-    out = np.zeros((len(source_images), int(first.Rows), int(first.Columns)),
-                   dtype=label_map.dtype)
-    shape = np.asarray(grid.shape)
+    rows, columns = int(first.Rows), int(first.Columns)
+    out = np.zeros((len(source_images), rows, columns), dtype=label_map.dtype)
+    shape = grid.shape
     for n, ds in enumerate(source_images):
-        idx = _slice_index_grid(ds, grid)
-        inside = np.all((idx >= 0) & (idx < shape), axis=-1)
-        k, j, i = (np.where(inside, idx[..., a], 0) for a in range(3))
-        out[n] = np.where(inside, label_map[k, j, i], 0)
+        start, step_c, step_r = _index_steps(ds, grid)
+        idx = _integer_indices(start, step_c, step_r, int(ds.Rows), int(ds.Columns))
+        if idx is None:
+            grid_idx = _slice_index_grid(ds, grid)
+            idx = [grid_idx[..., a] for a in range(3)]
+        inside = ((idx[0] >= 0) & (idx[0] < shape[0]) & (idx[1] >= 0) & (idx[1] < shape[1])
+                  & (idx[2] >= 0) & (idx[2] < shape[2]))
+        if inside.all():
+            out[n] = label_map[idx[0], idx[1], idx[2]]
+        elif inside.any():
+            k, j, i = (np.where(inside, a, 0) for a in idx)
+            out[n] = np.where(inside, label_map[k, j, i], 0)
     return out
 
 
@@ -86,23 +131,21 @@ def _images_through_lesions(segment_map: NDArray[Any], grid: Volume,
     if points.size == 0:
         return []
     steps = np.asarray(grid.direction) * np.asarray(grid.spacing)[None, :]
-    by_normal: dict[tuple[float, ...], list[int]] = {}
+    by_normal: dict[tuple[float, ...], list[tuple[int, NDArray[np.float64]]]] = {}
     for n, ds in enumerate(source_images):
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+        iop = _floats(ds, "ImageOrientationPatient", 6)
         normal = np.cross(iop[:3], iop[3:])
-        by_normal.setdefault(tuple(np.round(normal, 6)), []).append(n)
+        by_normal.setdefault(tuple(np.round(normal, 6)), []).append(
+            (n, _floats(ds, "ImagePositionPatient", 3)))
     keep: list[int] = []
     for key, members in by_normal.items():
         normal = np.asarray(key)
         half = 0.5 * float(np.abs(normal @ steps).sum()) + 1e-3
         offsets = np.sort(points @ normal)
-        for n in members:
-            plane = float(np.asarray([float(v) for v in source_images[n].ImagePositionPatient])
-                          @ normal)
-            lo = np.searchsorted(offsets, plane - half, side="left")
-            hi = np.searchsorted(offsets, plane + half, side="right")
-            if hi > lo:
-                keep.append(n)
+        planes = np.array([ipp for _, ipp in members]) @ normal
+        lo = np.searchsorted(offsets, planes - half, side="left")
+        hi = np.searchsorted(offsets, planes + half, side="right")
+        keep.extend(n for (n, _), a, b in zip(members, lo, hi, strict=True) if b > a)
     return sorted(keep)
 
 
