@@ -42,8 +42,8 @@ LABEL_PRIORITY: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.PROSTATE,
     AnatomyLabel.RECTUM,
     AnatomyLabel.BOWEL,
-    AnatomyLabel.LIVER,
     AnatomyLabel.GALLBLADDER,
+    AnatomyLabel.LIVER,
     AnatomyLabel.SPLEEN,
     AnatomyLabel.ADRENALS,
     AnatomyLabel.SALIVARY_GLANDS,
@@ -160,6 +160,10 @@ class AnatomyConfig:
     ureter_min_elongation: float = 2.5
     ureter_max_width_mm: float = 15.0
     ureter_contrast_suv: float = 1.5
+    # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
+    gallbladder_hu: tuple[float, float] = (-20.0, 22.0)
+    gallbladder_reach_mm: float = 20.0
+    gallbladder_ml: tuple[float, float] = (4.0, 250.0)
     # fossa box (domain.md 3.3)
     fossa_below_symphysis_mm: float = 10.0
     fossa_above_symphysis_mm: float = 40.0

@@ -177,7 +177,7 @@ def _find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Ti
         no_pet = "needs PET uptake to be found by rules (no PET given)"
         for lab in (AnatomyLabel.KIDNEYS, AnatomyLabel.SALIVARY_GLANDS, AnatomyLabel.LIVER,
                     AnatomyLabel.SPLEEN, AnatomyLabel.BOWEL, AnatomyLabel.LACRIMAL_GLANDS,
-                    AnatomyLabel.URETERS):
+                    AnatomyLabel.URETERS, AnatomyLabel.GALLBLADDER):
             out[lab] = OrganResult(None, 0.0, no_pet)
         out[AnatomyLabel.HEART] = _heart(hu, None, t, grid, frame, spine, None, config)
         return out
@@ -210,6 +210,10 @@ def _find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Ti
         m = out[lab].mask
         if m is not None:
             blocked |= m
+    out[AnatomyLabel.GALLBLADDER] = _gallbladder(hu, t, grid, out[AnatomyLabel.LIVER].mask,
+                                                 blocked, config)
+    if out[AnatomyLabel.GALLBLADDER].mask is not None:
+        blocked |= out[AnatomyLabel.GALLBLADDER].mask
     out[AnatomyLabel.BOWEL] = _bowel(hu, pet, t, grid, frame, spine, blocked, config)
     if out[AnatomyLabel.BOWEL].mask is not None:
         blocked |= out[AnatomyLabel.BOWEL].mask
@@ -561,6 +565,53 @@ def _lacrimal(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
                        f"{config.lacrimal_suv:g} foci {config.lacrimal_lateral_mm[0]:g}-"
                        f"{config.lacrimal_lateral_mm[1]:g} mm off the midline in the front of "
                        "the head, orbit level")
+
+
+def _gallbladder(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid,
+                 liver: NDArray[np.bool_] | None, blocked: NDArray[np.bool_],
+                 config: AnatomyConfig) -> OrganResult:
+    """The fluid-density sac in contact with the liver (CT only, so any tracer).
+
+    [18F]PSMA-1007 is excreted through the bile: the gallbladder is then as hot as a metastasis
+    and is hard-excluded for that tracer (domain.md 2.4). Rule: smoothed CT within
+    ``gallbladder_hu`` (bile, denser than fat, lighter than liver and bowel wall) inside
+    ``gallbladder_reach_mm`` of the liver mask (which may already hold the sac: PET-grown livers
+    take in a hot gallbladder); of the components of a plausible volume, the one with most
+    contact with the liver.
+    """
+    if liver is None or not liver.any():
+        return OrganResult(None, 0.0, "no liver mask, so no gallbladder fossa to look in")
+    s = grid.spacing_mm
+    reach = max(1, round(config.gallbladder_reach_mm / s))
+    box = bbox(liver, pad=reach + 1)
+    assert box is not None
+    liv = liver[box]
+    near = box_dilate(liv, reach)
+    hu_c = _smooth(hu[box])
+    fluid = (near & t.body[box] & ~t.bone[box] & ~t.lungs[box]
+             & (hu_c >= config.gallbladder_hu[0]) & (hu_c <= config.gallbladder_hu[1])
+             & ~(blocked[box] & ~liver[box]))
+    fluid = box_open(fluid, 1)
+    lab, n = cc3d.connected_components(fluid, connectivity=6, return_N=True)
+    if n == 0:
+        return OrganResult(None, 0.0, "no fluid-density structure against the liver")
+    voxel_ml = s**3 / 1000.0
+    size = np.bincount(lab.ravel(), minlength=n + 1) * voxel_ml
+    rim = box_dilate(liv, 1) & ~liv
+    contact = np.bincount(lab[rim | (liv & fluid)].ravel(), minlength=n + 1).astype(float)
+    ok = (size >= config.gallbladder_ml[0]) & (size <= config.gallbladder_ml[1]) & (contact > 0)
+    ok[0] = False
+    if not ok.any():
+        return OrganResult(None, 0.0, f"no fluid-density structure of "
+                           f"{config.gallbladder_ml[0]:g}-{config.gallbladder_ml[1]:g} mL "
+                           "against the liver")
+    best = int(np.argmax(np.where(ok, contact, -1.0)))
+    mask = np.zeros(t.body.shape, dtype=bool)
+    mask[box] = box_dilate(lab == best, 1) & t.body[box] & ~t.bone[box]
+    return OrganResult(mask, 0.5,
+                       f"fluid density ({config.gallbladder_hu[0]:g} to "
+                       f"{config.gallbladder_hu[1]:g} HU) against the liver, "
+                       f"{size[best]:.0f} mL")
 
 
 def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,

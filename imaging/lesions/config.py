@@ -101,6 +101,15 @@ class LesionConfig:
         (:func:`tracer_from_radiopharmaceutical`); where it cannot (NIfTI input, an unknown
         name), the finder treats the study as a urinary-excretion tracer (PSMA-11 / DCFPyL) and
         says so in ``LesionResult.notes``.
+    min_contrast_noise : float or None
+        A component is kept only if ``(SUVmax - bg) / (c sqrt(bg)) >=`` this (Rose criterion,
+        5 [D]): ``bg`` is the upper-quartile SUV 2-3 voxels around it, ``c`` the scan's noise
+        coefficient (SD / sqrt(mean) in the liver reference VOI). Removes the noise maxima of
+        moderately avid tissue (stomach, marrow, heart) that a fixed threshold admits. ``None``
+        switches the test off.
+    contrast_noise_floor_suv : float
+        Lowest background level used in the noise term (SUV), so that a focus in fat is not
+        judged against a near-zero noise [D].
     exclude : tuple of AnatomyLabel
         Hard-excluded organs .
     exclusion_margin_mm : float
@@ -189,6 +198,8 @@ class LesionConfig:
     spill_correction: bool = True
     psf_fwhm_mm: float | None = None
     spill_prominence_suv: float = 1.0
+    min_contrast_noise: float | None = 5.0
+    contrast_noise_floor_suv: float = 0.5
     equivocal_touch: tuple[AnatomyLabel, ...] = _DEFAULT_EQUIVOCAL_TOUCH
     equivocal_touch_mm: float = 5.0
     equivocal_margin_mm: float = 0.0
@@ -236,6 +247,7 @@ class LesionConfig:
             "percist_blood_pool_factor", "liver_sphere_diameter_mm", "spleen_sphere_diameter_mm",
             "blood_pool_diameter_mm", "blood_pool_length_mm", "suv_peak_volume_ml",
             "max_plausible_suv", "split_prominence_suv", "spill_prominence_suv",
+            "contrast_noise_floor_suv",
         )
         non_negative = (
             "percist_liver_sd_factor", "percist_blood_pool_sd_factor", "isocontour_margin_mm",
@@ -243,6 +255,8 @@ class LesionConfig:
             "equivocal_touch_mm", "equivocal_margin_mm", "spill_margin_max_mm",
             "ganglion_max_suv", "ganglion_max_volume_ml", "ganglion_bone_distance_mm",
         )
+        if self.min_contrast_noise is not None:
+            non_negative = (*non_negative, "min_contrast_noise")
         for name in positive + non_negative:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):

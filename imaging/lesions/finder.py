@@ -608,6 +608,12 @@ def find_lesions(
                                             spill)
         fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
 
+    # 3b. Contrast to noise: a component must stand out of its surroundings (Rose criterion).
+    if config.min_contrast_noise is not None and n:
+        fg, lab, n, how_cnr = _drop_low_contrast(arr, fg, lab, n, masks, spill, reference,
+                                                 config)
+        notes.append(how_cnr)
+
     # 4. Optional split and isocontour refinement.
     if config.split and n:
         lab, n = _split_components(arr, fg, lab, n, config)
@@ -680,6 +686,101 @@ def _drop_small(
     lut[ok] = np.arange(1, int(ok.sum()) + 1)
     sel = ok[lab]
     return fg[sel], lut[lab[sel]], int(ok.sum())
+
+
+_SHELL: dict[tuple[int, int], NDArray[np.intp]] = {}
+
+
+def _shell_offsets(inner: int, outer: int) -> NDArray[np.intp]:
+    """Voxel offsets at Chebyshev distance ``inner..outer`` (a cubic shell), shape (m, 3)."""
+    key = (inner, outer)
+    if key not in _SHELL:
+        r = np.arange(-outer, outer + 1)
+        grid = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
+        cheb = np.abs(grid).max(axis=1)
+        _SHELL[key] = grid[(cheb >= inner) & (cheb <= outer)].astype(np.intp)
+    return _SHELL[key]
+
+
+def _drop_low_contrast(
+    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
+    masks: Mapping[AnatomyLabel, NDArray[np.bool_]], spill: _Spill, reference: ReferenceValues, config: LesionConfig,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int, str]:
+    """Drop components whose SUVmax does not stand out of the noise of their surroundings.
+
+    Contrast-to-noise ratio ``(SUVmax - bg) / (c sqrt(bg))``: ``bg`` is the upper-quartile SUV in a shell
+    2-3 voxels around the component (voxels hotter than the component left out, the modelled
+    spill of hot organs subtracted), ``c`` the scan's noise coefficient ``SD / sqrt(mean)`` in the
+    liver reference VOI (PET noise variance grows with the count level). Components below
+    ``config.min_contrast_noise`` (Rose criterion, 5 by default) are the noise maxima of
+    moderately avid tissue (stomach wall, bone marrow, heart) that a fixed SUV threshold admits;
+    a component with no measurable surroundings is kept. The upper quartile, not the median,
+    because at an organ's edge half of the shell lies in the colder tissue outside it.
+    """
+    liver = reference.liver
+    if not liver.found or not liver.suv_sd or not liver.suv_mean or liver.suv_mean <= 0:
+        return fg, lab, n, ("contrast-to-noise filter not applied: no liver reference to "
+                            "measure the scan's noise")
+    c = float(liver.suv_sd) / float(np.sqrt(liver.suv_mean))
+    shape = arr.shape
+    flat = arr.reshape(-1)
+    sel = np.ones(n + 1, dtype=bool)
+    # component SUVmax (halo-corrected where a hot organ's spill was modelled)
+    coords = np.stack(np.unravel_index(fg, shape), axis=1)
+    own = flat[fg] - spill.at(coords)
+    top = np.full(n + 1, -np.inf)
+    np.maximum.at(top, lab, own)
+    # boundary voxels only: the shell of a component is reached from its surface
+    inside = np.zeros(int(np.prod(shape)), dtype=bool)
+    inside[fg] = True
+    edge = np.zeros(fg.size, dtype=bool)
+    for axis in range(3):
+        for step in (-1, 1):
+            nb = coords.copy()
+            nb[:, axis] += step
+            ok = (nb[:, axis] >= 0) & (nb[:, axis] < shape[axis])
+            edge[~ok] = True
+            idx = np.ravel_multi_index(tuple(nb[ok].T), shape)
+            edge[np.flatnonzero(ok)[~inside[idx]]] = True
+    offs = _shell_offsets(2, 3)
+    pts = (coords[edge][:, None, :] + offs[None, :, :]).reshape(-1, 3)
+    owner = np.repeat(lab[edge], len(offs))
+    ok = np.all((pts >= 0) & (pts < np.asarray(shape)), axis=1)
+    pts, owner = pts[ok], owner[ok]
+    idx = np.ravel_multi_index(tuple(pts.T), shape)
+    key = np.unique(owner.astype(np.int64) * inside.size + idx)
+    # the component's own voxels are not its surroundings; other candidates' voxels are (leaving
+    # out every voxel above threshold would bias the background low in noisy avid tissue)
+    key = key[~np.isin(key, lab.astype(np.int64) * inside.size + fg, assume_unique=True)]
+    owner, idx = (key // inside.size).astype(np.intp), (key % inside.size).astype(np.intp)
+    keep_v = np.ones(idx.size, dtype=bool)
+    body = masks.get(AnatomyLabel.BODY)
+    if body is not None:
+        keep_v &= body.reshape(-1)[idx]
+    owner, idx = owner[keep_v], idx[keep_v]
+    vals = flat[idx] - spill.at(np.stack(np.unravel_index(idx, shape), axis=1))
+    # voxels hotter than the component belong to a hotter neighbour (bladder, kidney, another
+    # lesion's tail), not to the background it must stand out of
+    cooler = vals < top[owner]
+    owner, vals = owner[cooler], vals[cooler]
+    order = np.lexsort((vals, owner))
+    owner, vals = owner[order], vals[order]
+    counts = np.bincount(owner, minlength=n + 1)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    has = counts >= 8
+    bg = np.zeros(n + 1)
+    bg[has] = vals[starts[has] + (3 * counts[has]) // 4]
+    bg = np.maximum(bg, 0.0)
+    cnr = (top - bg) / (c * np.sqrt(np.maximum(bg, config.contrast_noise_floor_suv)))
+    sel = ~has | (cnr >= config.min_contrast_noise)
+    sel[0] = False
+    dropped = int(n - sel[1:].sum())
+    lut = np.zeros(n + 1, dtype=np.intp)
+    lut[sel] = np.arange(1, int(sel.sum()) + 1)
+    keep = sel[lab]
+    how = (f"contrast-to-noise >= {config.min_contrast_noise:g} (noise coefficient {c:.3f} from "
+           f"the liver VOI): {dropped} component(s) dropped")
+    return fg[keep], lut[lab[keep]], int(sel.sum()), how
 
 
 class _Spill:

@@ -128,3 +128,15 @@ def test_uptake_rules_need_pet(psma11) -> None:  # type: ignore[no-untyped-def]
     # the heart is found from the CT alone (soft-tissue mass between the lungs)
     truth = patient.canonical_mask(A.HEART, grid="ct")
     assert _dice(anatomy.mask(A.HEART), truth) >= 0.6
+
+
+@pytest.mark.slow
+def test_gallbladder_is_found_from_the_ct_for_any_tracer(psma11, psma1007) -> None:  # type: ignore[no-untyped-def]
+    """The hot gallbladder of PSMA-1007 (and the cold one of PSMA-11) is covered, not the liver."""
+    for patient, anatomy in (psma11, psma1007):
+        truth = patient.canonical_mask(A.GALLBLADDER, grid="pet")
+        mask = anatomy.mask(A.GALLBLADDER)
+        assert mask is not None, anatomy.mask_info[A.GALLBLADDER.value]
+        assert np.count_nonzero(mask & truth) >= 0.9 * truth.sum()
+        liver = patient.canonical_mask(A.LIVER, grid="pet")
+        assert np.count_nonzero(mask & liver) <= 0.02 * liver.sum()

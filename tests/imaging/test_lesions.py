@@ -488,3 +488,38 @@ def test_suv_peak_at_the_image_border_uses_only_voxels_inside() -> None:
     les = find_lesions(_suv(arr), anatomy={}).lesions[0]
     assert les.suv_peak == pytest.approx(6.0)
     assert les.voxel_count == 125
+
+
+# -- contrast to noise ---------------------------------------------------------------------
+
+def test_noise_maxima_of_avid_tissue_are_dropped_and_a_real_focus_is_kept() -> None:
+    """Noise of a moderately avid organ (SUV 2.4, noise coefficient 0.3) crosses SUV 3; only the
+    focus that stands 5 noise SDs out of its surroundings is a lesion."""
+    shape = (50, 60, 60)
+    rng = np.random.default_rng(3)
+    organ = np.zeros(shape, dtype=bool)
+    organ[5:45, 5:55, 5:55] = True
+    act = np.where(organ, 2.4, 0.3)
+    act[_ball(shape, (75.0, 120.0, 120.0), 8.0)] = 12.0
+    clean = _blur(act)
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)
+    noise /= noise.std()
+    arr = np.maximum(clean + 0.3 * np.sqrt(clean) * noise, 0.0)
+    liver = _ball(shape, (60.0, 80.0, 80.0), 20.0)  # the reference VOI sits in the organ
+    anatomy = {A.BODY: np.ones(shape, dtype=bool), A.LIVER: liver & organ}
+    off = find_lesions(_suv(arr), anatomy=anatomy,
+                       config=LesionConfig(min_contrast_noise=None, adaptive_organs=()))
+    on = find_lesions(_suv(arr), anatomy=anatomy, config=LesionConfig(adaptive_organs=()))
+    assert off.lesion_count > 3  # the fixed threshold alone admits the noise
+    assert on.lesion_count == 1
+    focus = _ball(shape, (75.0, 120.0, 120.0), 8.0)
+    assert focus[np.asarray(on.labels.array) == 1].any()
+    assert any("contrast-to-noise" in n for n in on.notes)
+
+
+def test_contrast_filter_is_skipped_with_a_note_without_a_liver_reference() -> None:
+    shape = (40, 40, 40)
+    arr = np.where(_ball(shape, (60.0, 80.0, 80.0), 10.0), 8.0, 0.5)
+    result = find_lesions(_suv(arr), anatomy={})
+    assert result.lesion_count == 1
+    assert any("contrast-to-noise filter not applied" in n for n in result.notes)
