@@ -96,10 +96,14 @@ class AnatomyConfig:
     bone_hu: float = 120.0
     bone_closing_mm: float = 3.0
     bone_edge_hu: float = 0.0
+    bone_edge_fraction: float = 0.4
+    bone_edge_soft_hu: float = 40.0
     bone_min_ml: float = 5.0
     bone_min_peak_hu: float = 300.0
     marrow_fill_max_cm2: float = 40.0
     marrow_min_hu: float = 60.0
+    fatty_marrow_max_cm2: float = 8.0
+    fatty_marrow_max_hu: float = -20.0
     metal_hu: float = 2500.0
     metal_min_ml: float = 1.0
     # bladder and PET organs
@@ -135,6 +139,11 @@ class AnatomyConfig:
     lacrimal_below_vertex_mm: tuple[float, float] = (50.0, 170.0)
     lacrimal_anterior_fraction: float = 0.4
     lacrimal_min_head_mm: float = 200.0
+    # adrenal regions (superomedial to each kidney's upper pole; imaging.anatomy.adrenals)
+    adrenal_offset_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
+    adrenal_semi_axes_mm: tuple[float, float, float] = (12.0, 18.0, 25.0)
+    adrenal_hu: tuple[float, float] = (-30.0, 100.0)
+    adrenal_pole_mm: float = 20.0
     # bowel (stomach, small bowel, colon)
     bowel_suv: float = 1.8
     bowel_hu: tuple[float, float] = (-150.0, 200.0)

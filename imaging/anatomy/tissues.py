@@ -35,14 +35,54 @@ class Tissues:
     notes: dict[str, str]
 
 
+def _window_1d(mask: NDArray[np.bool_], r: int, axis: int, erode: bool) -> NDArray[np.bool_]:
+    """OR (dilation) or AND (erosion) of each voxel's ``2r + 1`` neighbours along ``axis``.
+
+    Voxels beyond the array count as False for dilation and True for erosion (the
+    ``scipy.ndimage`` minimum / maximum filter with ``mode="constant"``). The window is built by
+    doubling, so a width w costs about log2(w) + 2 whole-array boolean operations.
+    """
+    n = mask.shape[axis]
+    w = 2 * r + 1
+    pad = [(0, 0)] * mask.ndim
+    pad[axis] = (r, r)
+    f = np.pad(mask, pad, mode="constant", constant_values=erode)
+    op = np.logical_and if erode else np.logical_or
+    m = f.shape[axis]
+
+    def sl(a: int, b: int) -> tuple[slice, ...]:
+        idx = [slice(None)] * mask.ndim
+        idx[axis] = slice(a, b)
+        return tuple(idx)
+
+    span = 1
+    while 2 * span <= w:  # f[i] covers [i, i + 2 span - 1]
+        op(f[sl(0, m - span)], f[sl(span, m)], out=f[sl(0, m - span)])
+        span *= 2
+    rest = w - span
+    if rest > 0:
+        op(f[sl(0, m - rest)], f[sl(rest, m)], out=f[sl(0, m - rest)])
+    return np.ascontiguousarray(f[sl(0, n)])
+
+
+def _box(mask: NDArray[np.bool_], size: tuple[int, int, int], erode: bool) -> NDArray[np.bool_]:
+    if any(s % 2 == 0 for s in size):  # even windows are not centred: leave them to SciPy
+        filt = ndi.minimum_filter if erode else ndi.maximum_filter
+        return np.asarray(filt(np.asarray(mask, dtype=bool).view(np.uint8), size=size,
+                               mode="constant", cval=int(erode)), dtype=bool)
+    out = np.asarray(mask, dtype=bool)
+    for axis, s in enumerate(size):
+        if s > 1:
+            out = _window_1d(out, s // 2, axis, erode)
+    return out if out is not mask else out.copy()
+
+
 def _erode(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
-    return np.asarray(ndi.minimum_filter(mask.view(np.uint8), size=size, mode="constant",
-                                         cval=1), dtype=bool)
+    return _box(mask, size, erode=True)
 
 
 def _dilate(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
-    return np.asarray(ndi.maximum_filter(mask.view(np.uint8), size=size, mode="constant",
-                                         cval=0), dtype=bool)
+    return _box(mask, size, erode=False)
 
 
 def box_erode(mask: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
@@ -84,17 +124,26 @@ def fill_holes_per_slice(mask: NDArray[np.bool_]) -> tuple[NDArray[np.bool_], ND
     """Fill the in-plane holes of every z slice at once.
 
     Returns the filled mask and the hole labels (0 outside holes; each 2-D hole its own label).
+    The slices are stacked into one 2-D image (``(Z * Y, X)``) and labelled once with cc3d's
+    in-plane 8-connectivity: background touching a slice's border may join the next slice's
+    border background there, which is outside either way, while a hole cannot reach a border
+    row and so never joins another slice.
     """
-    background, n = ndi.label(~mask, structure=_INPLANE)
+    nz, ny, nx = mask.shape
+    if mask.size == 0:
+        return mask.copy(), np.zeros(mask.shape, dtype=np.int32)
+    flat = np.ascontiguousarray(~mask).reshape(nz * ny, nx)
+    background = cc3d.connected_components(flat, connectivity=8).reshape(nz, ny, nx)
+    n = int(background.max())
     border = np.unique(np.concatenate([
         background[:, 0, :].ravel(), background[:, -1, :].ravel(),
         background[:, :, 0].ravel(), background[:, :, -1].ravel()]))
-    lut = np.zeros(n + 1, dtype=bool)
-    lut[border] = True
-    outside = lut[background]
-    holes = ~mask & ~outside
-    background[~holes] = 0
-    return mask | holes, background
+    lut = np.ones(n + 1, dtype=bool)
+    lut[border] = False
+    lut[0] = False
+    holes = lut[background]
+    labels = np.where(holes, background, 0).astype(np.int32)
+    return mask | holes, labels
 
 
 def _odd(n: float) -> int:
@@ -128,6 +177,32 @@ def _partial_lungs(labels: NDArray[np.integer[Any]], sizes: NDArray[np.integer[A
         if ks[-1] >= top - 2 and upper >= 2.0 * max(lower, 1.0):
             chosen.append(int(lab))
     return chosen
+
+
+def _half_max_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
+                   config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Drop outer bone voxels below the local half-maximum edge.
+
+    Resampled onto the working grid, a cortex of ~850 HU next to ~40 HU soft tissue crosses
+    the 120 HU threshold a fraction of a voxel outside its true edge, so every bone surface
+    comes out about half a voxel too thick (one working voxel on thin cortex and ribs). An edge
+    voxel is kept only if it reaches ``bone_edge_fraction`` of the way from soft tissue
+    (``bone_edge_soft_hu``) to the brightest voxel of its 3 x 3 x 3 neighbourhood: the
+    full-width-at-half-maximum edge, which follows the real edge also where partial volume
+    lowers the peak (thin real ribs), unlike one higher global threshold.
+    """
+    box = bbox(bone, pad=1)
+    if box is None:
+        return bone
+    sub_bone = bone[box]
+    sub_hu = hu[box]
+    edge = sub_bone & ~_erode(sub_bone, (3, 3, 3))
+    peak = ndi.maximum_filter(sub_hu, size=3, mode="nearest")
+    soft = np.float32(config.bone_edge_soft_hu)
+    level = soft + np.float32(config.bone_edge_fraction) * (peak - soft)
+    out = bone.copy()
+    out[box] = sub_bone & ~(edge & (sub_hu < level))
+    return out
 
 
 def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
@@ -186,6 +261,8 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
         metal = (msz * voxel_ml >= config.metal_min_ml)[mlab]
     # -- bone: threshold, closing, marrow fill, size and peak checks, metal removed -----------
     bone = (hu >= config.bone_hu) & body & ~metal
+    if config.bone_edge_fraction > 0.0:
+        bone = _half_max_edge(bone, hu, config)
     c = _odd(config.bone_closing_mm / spacing_mm)
     bone = _erode(_dilate(bone, (c, c, c)), (c, c, c))
     _filled, holes = fill_holes_per_slice(bone)
@@ -193,8 +270,11 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
         area = np.bincount(holes.ravel())
         hsum = np.bincount(holes.ravel(), weights=hu.ravel().astype(np.float64))
         mean = hsum / np.maximum(area, 1)
-        ok = (area * spacing_mm**2 / 100.0 <= config.marrow_fill_max_cm2) & (
-            mean >= config.marrow_min_hu)
+        area_cm2 = area * spacing_mm**2 / 100.0
+        # red marrow (dense) up to marrow_fill_max_cm2; fatty marrow (medullary cavity of the
+        # long bones) only in small holes, so fat-filled rings such as the pelvic inlet stay open
+        ok = ((area_cm2 <= config.marrow_fill_max_cm2) & (mean >= config.marrow_min_hu)) | (
+            (area_cm2 <= config.fatty_marrow_max_cm2) & (mean <= config.fatty_marrow_max_hu))
         ok[0] = False
         bone = bone | ok[holes]
     if config.bone_edge_hu > config.bone_hu:

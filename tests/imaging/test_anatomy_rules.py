@@ -194,3 +194,41 @@ def test_anatomy_map_rejects_masks_of_the_wrong_shape() -> None:
         AnatomyMap(grid=grid, masks={AnatomyLabel.BONE: np.zeros((3, 4, 4), bool)},
                    nodal_regions={}, landmarks={}, mask_info={},
                    pelvic_boundary="aortic_bifurcation", pelvic_boundary_z_mm=None)
+
+
+@pytest.mark.parametrize("size", [(1, 3, 3), (3, 3, 3), (5, 5, 5), (1, 1, 7), (11, 3, 1),
+                                  (13, 13, 13), (2, 2, 2)])
+def test_box_morphology_matches_scipy_min_max_filters(size: tuple[int, int, int]) -> None:
+    from scipy import ndimage as ndi
+
+    from imaging.anatomy.tissues import _dilate, _erode
+
+    rng = np.random.default_rng(3)
+    for shape in ((7, 9, 11), (1, 5, 4), (30, 23, 20)):
+        a = rng.random(shape) > 0.4
+        u8 = a.view(np.uint8)
+        assert np.array_equal(_erode(a, size), ndi.minimum_filter(
+            u8, size=size, mode="constant", cval=1).astype(bool))
+        assert np.array_equal(_dilate(a, size), ndi.maximum_filter(
+            u8, size=size, mode="constant", cval=0).astype(bool))
+
+
+def test_fill_holes_per_slice_matches_2d_fill_and_labels_each_hole() -> None:
+    from scipy import ndimage as ndi
+
+    from imaging.anatomy.tissues import fill_holes_per_slice
+
+    rng = np.random.default_rng(4)
+    a = rng.random((12, 40, 30)) < 0.6
+    filled, holes = fill_holes_per_slice(a)
+    eight = np.ones((3, 3), dtype=bool)
+    for k in range(a.shape[0]):
+        background, _ = ndi.label(~a[k], structure=eight)
+        border = np.unique(np.r_[background[0], background[-1], background[:, 0],
+                                 background[:, -1]])
+        expect = a[k] | (~a[k] & ~np.isin(background, border))
+        assert np.array_equal(filled[k], expect)
+    assert np.array_equal(holes > 0, filled & ~a)
+    # a hole never spans two slices
+    for lab in np.unique(holes[holes > 0]):
+        assert np.unique(np.nonzero(holes == lab)[0]).size == 1
