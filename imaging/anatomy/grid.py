@@ -20,7 +20,8 @@ from imaging.volume import Volume
 
 sitk: Any = _sitk  # SimpleITK ships no type information
 
-__all__ = ["WorkGrid", "make_work_grid", "resample_onto", "to_reference"]
+__all__ = ["WorkGrid", "crop_to_content", "make_work_grid", "resample_image", "resample_onto",
+           "shrink_for", "to_reference"]
 
 _CANONICAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 """Direction columns for array axes (k, j, i) = (z, y, x)."""
@@ -98,27 +99,75 @@ def _resampler(size_xyz: tuple[int, int, int], spacing_xyz: tuple[float, float, 
     return f
 
 
-def resample_onto(volume: Volume, grid: WorkGrid, *, fill: float,
-                  nearest: bool = False) -> NDArray[np.float32]:
-    """Values of ``volume`` on the working grid, ``[z, y, x]`` float32.
+def shrink_for(volume: Volume, grid: WorkGrid) -> Any:
+    """``volume`` as a SimpleITK image block-averaged by whole factors up to the grid spacing.
 
-    Linear resampling first block-averages ``volume`` by whole factors up to the working spacing
-    (anti-aliasing), so that a 0.7 mm CT and a 3 mm CT give the same working image.
+    Block averaging is the anti-aliasing before linear resampling, so that a 0.7 mm CT and a
+    3 mm CT give the same working image. Integer images are averaged in their own type (the
+    rounding is below 0.5 HU) and only the shrunk image is cast to float, which spares a
+    float copy of the full-resolution CT.
     """
     img = volume.to_sitk()
-    if not nearest:
-        img = sitk.Cast(img, sitk.sitkFloat32)
-        factors = [max(1, math.floor(grid.spacing_mm / s + 1e-6))
-                   for s in img.GetSpacing()]
-        factors = [f if n >= 2 * f else 1 for f, n in zip(factors, img.GetSize(), strict=True)]
-        if max(factors) > 1:
-            img = sitk.BinShrink(img, factors)
+    factors = [max(1, math.floor(grid.spacing_mm / s + 1e-6)) for s in img.GetSpacing()]
+    factors = [f if n >= 2 * f else 1 for f, n in zip(factors, img.GetSize(), strict=True)]
+    if max(factors) > 1:
+        img = sitk.BinShrink(img, factors)
+    return sitk.Cast(img, sitk.sitkFloat32)
+
+
+def crop_to_content(grid: WorkGrid, image: Any, *, above: float,
+                    margin: int = 3) -> WorkGrid:
+    """The in-plane (x, y) part of ``grid`` that holds the voxels of ``image`` above ``above``.
+
+    Everything outside that box would be air on the working grid, so the rules see the same
+    image on the cropped grid; ``margin`` voxels of air are kept around it so that per-slice
+    hole filling still finds the outside. The z extent is never cut (the rules read the first
+    and last slices of the scan as its edges).
+    """
+    arr = sitk.GetArrayViewFromImage(image)
+    inside = arr > above
+    ks = np.flatnonzero(inside.any(axis=(1, 2)))
+    if ks.size == 0:
+        return grid
+    js = np.flatnonzero(inside.any(axis=(0, 2)))
+    is_ = np.flatnonzero(inside.any(axis=(0, 1)))
+    corners = [image.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k)))
+               for i in (is_[0] - 1, is_[-1] + 1) for j in (js[0] - 1, js[-1] + 1)
+               for k in (ks[0], ks[-1])]
+    world = np.asarray(corners, dtype=np.float64)
+    lo = np.floor((world.min(axis=0) - np.asarray(grid.origin_mm)) / grid.spacing_mm) - margin
+    hi = np.ceil((world.max(axis=0) - np.asarray(grid.origin_mm)) / grid.spacing_mm) + margin
+    nz, ny, nx = grid.shape
+    x0, x1 = int(max(lo[0], 0)), int(min(hi[0], nx - 1))
+    y0, y1 = int(max(lo[1], 0)), int(min(hi[1], ny - 1))
+    if x1 < x0 or y1 < y0:
+        return grid
+    ox, oy, oz = grid.origin_mm
+    return WorkGrid(shape=(nz, y1 - y0 + 1, x1 - x0 + 1), spacing_mm=grid.spacing_mm,
+                    origin_mm=(ox + x0 * grid.spacing_mm, oy + y0 * grid.spacing_mm, oz))
+
+
+def resample_image(image: Any, grid: WorkGrid, *, fill: float,
+                   nearest: bool = False) -> NDArray[np.float32]:
+    """Values of a SimpleITK image on the working grid, ``[z, y, x]`` float32."""
     nz, ny, nx = grid.shape
     f = _resampler((nx, ny, nz), (grid.spacing_mm,) * 3, grid.origin_mm,
                    (1, 0, 0, 0, 1, 0, 0, 0, 1),
                    sitk.sitkNearestNeighbor if nearest else sitk.sitkLinear, fill,
                    sitk.sitkFloat32)
-    return np.asarray(sitk.GetArrayFromImage(f.Execute(img)), dtype=np.float32)
+    return np.asarray(sitk.GetArrayFromImage(f.Execute(image)), dtype=np.float32)
+
+
+def resample_onto(volume: Volume, grid: WorkGrid, *, fill: float,
+                  nearest: bool = False) -> NDArray[np.float32]:
+    """Values of ``volume`` on the working grid, ``[z, y, x]`` float32.
+
+    Linear resampling first block-averages ``volume`` by whole factors up to the working spacing
+    (anti-aliasing, :func:`shrink_for`), so that a 0.7 mm CT and a 3 mm CT give the same
+    working image.
+    """
+    img = volume.to_sitk() if nearest else shrink_for(volume, grid)
+    return resample_image(img, grid, fill=fill, nearest=nearest)
 
 
 def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDArray[Any]:

@@ -6,16 +6,26 @@ import logging
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage as ndi
 
-from imaging.anatomy.grid import WorkGrid, make_work_grid, resample_onto, to_reference
+from imaging.anatomy.adrenals import adrenal_regions
+from imaging.anatomy.grid import (
+    WorkGrid,
+    crop_to_content,
+    make_work_grid,
+    resample_image,
+    resample_onto,
+    shrink_for,
+    to_reference,
+)
 from imaging.anatomy.landmarks import PelvisFrame, find_landmarks
 from imaging.anatomy.model import AnatomyConfig, AnatomyMap, LandmarkFinding, MaskInfo
-from imaging.anatomy.organs import find_organs
+from imaging.anatomy.organs import OrganResult, find_organs
 from imaging.anatomy.providers import ProviderMasks, load_provider_masks
 from imaging.anatomy.regions import REGION_ORDER, fossa_box, nodal_regions
-from imaging.anatomy.tissues import segment_tissues
+from imaging.anatomy.tissues import bbox, segment_tissues
 from imaging.errors import AnatomyError
-from imaging.vocabulary import AnatomyLabel, Landmark
+from imaging.vocabulary import AnatomyLabel, Landmark, NodalRegion
 from imaging.volume import Volume
 
 __all__ = ["label_anatomy"]
@@ -67,7 +77,11 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     _check_inputs(ct, pet)
     ref = reference if reference is not None else (pet if pet is not None else ct)
     grid = make_work_grid(ct, config.working_spacing_mm)
-    hu = resample_onto(ct, grid, fill=-1024.0)
+    ct_img = shrink_for(ct, grid)
+    # the air around the patient is cut away in-plane: every rule runs on the body's box
+    grid = crop_to_content(grid, ct_img, above=config.body_hu)
+    hu = resample_image(ct_img, grid, fill=-1024.0)
+    del ct_img
     tissues = segment_tissues(hu, grid.spacing_mm, config=config)
     if not tissues.body.any():
         raise AnatomyError(
@@ -77,6 +91,19 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     pet_w = resample_onto(pet, grid, fill=0.0) if pet is not None else None
     frame = find_landmarks(tissues, grid, config=config)
     organs = find_organs(hu, pet_w, tissues, grid, frame, config=config)
+
+    kid = organs.get(AnatomyLabel.KIDNEYS)
+    others = np.zeros(grid.shape, dtype=bool)
+    for label in (AnatomyLabel.LIVER, AnatomyLabel.SPLEEN, AnatomyLabel.BOWEL,
+                  AnatomyLabel.HEART, AnatomyLabel.URINARY_BLADDER):
+        res = organs.get(label)
+        if res is not None and res.mask is not None:
+            others |= res.mask
+    adrenals, adrenal_why = adrenal_regions(
+        hu, None if kid is None else kid.mask, tissues, grid, frame.x_mid_mm, exclude=others,
+        config=config)
+    organs[AnatomyLabel.ADRENALS] = OrganResult(adrenals, 0.3 if adrenals is not None else 0.0,
+                                                adrenal_why)
 
     liver = organs.get(AnatomyLabel.LIVER)
     if liver is not None and liver.mask is not None and liver.mask.any():
@@ -138,22 +165,11 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     regions_w, region_reasons = nodal_regions(tissues, grid, frame, config=config)
 
     # -- onto the reference grid: one bitfield and one region index, nearest neighbour ----------
-    bits = np.zeros(grid.shape, dtype=np.uint32)
-    for n, label in enumerate(_BITS):
-        if label in masks_w:
-            bits |= masks_w[label].astype(np.uint32) << np.uint32(n)
-    bits_ref = to_reference(bits, grid, ref)
-    regions_ref = to_reference(regions_w, grid, ref)
-    masks = {label: (bits_ref & np.uint32(1 << n)) > 0 for n, label in enumerate(_BITS)
-             if label in masks_w}
-    nodal = {}
+    masks, nodal, region_ml = _to_reference_grid(masks_w, regions_w, grid, ref)
     for n, region in enumerate(REGION_ORDER):
-        m = regions_ref == n + 1
-        if m.any():
-            nodal[region] = m
-        info[region.value] = MaskInfo("rule", 0.6 if m.any() else 0.0,
-                                      region_reasons.get(region, "not located"),
-                                      float(m.sum() * ref.voxel_volume_ml))
+        ml = region_ml.get(n + 1, 0.0)
+        info[region.value] = MaskInfo("rule", 0.6 if ml > 0 else 0.0,
+                                      region_reasons.get(region, "not located"), ml)
     boundary_lm = (Landmark.AORTIC_BIFURCATION if config.pelvic_boundary == "aortic_bifurcation"
                    else None)
     if boundary_lm is not None:
@@ -174,6 +190,66 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
                       mask_info=info, pelvic_boundary=config.pelvic_boundary,
                       pelvic_boundary_z_mm=boundary_z, provider=config.provider,
                       flags=tuple(flags))
+
+
+def _reference_box(box: tuple[slice, slice, slice], grid: WorkGrid,
+                   ref: Volume) -> tuple[slice, slice, slice]:
+    """Index box of ``ref`` that holds every reference voxel nearest to a voxel of ``box``."""
+    corners = np.array([[k, j, i] for k in (box[0].start - 1, box[0].stop)
+                        for j in (box[1].start - 1, box[1].stop)
+                        for i in (box[2].start - 1, box[2].stop)], dtype=np.float64)
+    idx = ref.world_to_index(grid.to_world(corners))
+    lo = np.floor(idx.min(axis=0)).astype(int) - 1
+    hi = np.ceil(idx.max(axis=0)).astype(int) + 2
+    return tuple(slice(max(int(a), 0), min(int(b), n))  # type: ignore[return-value]
+                 for a, b, n in zip(lo, hi, ref.shape, strict=True))
+
+
+def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
+                       regions_w: NDArray[np.uint8], grid: WorkGrid, ref: Volume,
+                       ) -> tuple[dict[AnatomyLabel, NDArray[np.bool_]],
+                                  dict[NodalRegion, NDArray[np.bool_]], dict[int, float]]:
+    """Masks and nodal regions on the reference grid (nearest neighbour in physical space).
+
+    The masks travel as one bitfield (one resampling for all, the region index in its top byte)
+    and each is decoded only inside the reference box its working-grid box maps to; each region
+    is decoded inside its own box (``find_objects``). Returns the masks, the regions and the
+    volume (mL) of each region index on the reference grid.
+    """
+    present = [label for label in _BITS if label in masks_w]
+    # the region index rides in the top byte when the masks leave it free (one resampling)
+    packed = len(present) <= 24
+    dtype = np.uint32 if packed or len(present) > 16 else np.uint16
+    bits = regions_w.astype(np.uint32) << np.uint32(24) if packed else np.zeros(grid.shape,
+                                                                                dtype=dtype)
+    boxes: dict[AnatomyLabel, tuple[slice, slice, slice]] = {}
+    for n, label in enumerate(present):
+        box = bbox(masks_w[label])
+        if box is None:
+            continue
+        boxes[label] = box
+        sub = bits[box]
+        sub[masks_w[label][box]] |= dtype(1 << n)
+    bits_ref = to_reference(bits, grid, ref)
+    masks: dict[AnatomyLabel, NDArray[np.bool_]] = {}
+    for n, label in enumerate(present):
+        out = np.zeros(ref.shape, dtype=bool)
+        if label in boxes:
+            rbox = _reference_box(boxes[label], grid, ref)
+            np.not_equal(bits_ref[rbox] & dtype(1 << n), 0, out=out[rbox])
+        masks[label] = out
+    regions_ref = ((bits_ref >> np.uint32(24)).astype(np.uint8) if packed
+                   else to_reference(regions_w, grid, ref))
+    nodal: dict[NodalRegion, NDArray[np.bool_]] = {}
+    volume_ml: dict[int, float] = {}
+    for n, sl in enumerate(ndi.find_objects(regions_ref, max_label=len(REGION_ORDER))):
+        if sl is None:
+            continue
+        m = np.zeros(ref.shape, dtype=bool)
+        np.equal(regions_ref[sl], n + 1, out=m[sl])
+        nodal[REGION_ORDER[n]] = m
+        volume_ml[n + 1] = float(np.count_nonzero(m[sl]) * ref.voxel_volume_ml)
+    return masks, nodal, volume_ml
 
 
 def _xyz(pos: NDArray[np.float64]) -> tuple[float, float, float]:
