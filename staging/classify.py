@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 _COMMON_ILIAC = frozenset({NodalRegion.COMMON_ILIAC_LEFT, NodalRegion.COMMON_ILIAC_RIGHT})
 _NODAL_NAMES = frozenset(r.value for r in NodalRegion)
 _UNLOCALISED_REGION = "other_soft_tissue"
+_TOUCHES_BLADDER = f"touches {AnatomyLabel.URINARY_BLADDER.value}"  # the finder's reason text
 
 
 class AnatomyLike(Protocol):
@@ -238,8 +239,17 @@ def classify_lesion(
             category = LesionCategory.VISCERAL
             reason = "soft-tissue focus outside every organ, the fossa and all nodal regions"
     provisional = category
-    equivocal = bool(lesion.equivocal) or (unlocalised and config.unlocalised == "equivocal")
-    equivocal_reason = lesion.equivocal_reason if lesion.equivocal else None
+    finder_equivocal = bool(lesion.equivocal)
+    review_reason: str | None = None
+    if (finder_equivocal and category is LesionCategory.FOSSA
+            and config.fossa_at_bladder == "fossa"
+            and set((lesion.equivocal_reason or "").split("; ")) == {_TOUCHES_BLADDER}):
+        finder_equivocal = False
+        reason += "; against the bladder base"
+        review_reason = (f"lesion {int(lesion.id)}: fossa recurrence against the bladder base, "
+                         "counted as miTr; confirm it is not urine or the bladder's halo")
+    equivocal = finder_equivocal or (unlocalised and config.unlocalised == "equivocal")
+    equivocal_reason = lesion.equivocal_reason if finder_equivocal else None
     if equivocal and equivocal_reason is None:
         equivocal_reason = "unlocalised soft-tissue focus"
     if equivocal:
@@ -263,6 +273,7 @@ def classify_lesion(
         equivocal_reason=equivocal_reason,
         unlocalised=unlocalised,
         overlaps=ov,
+        review_reason=review_reason,
     )
 
 
@@ -492,6 +503,8 @@ def stage_patient(
                 f"would give {alt[3]} / {alt[4]} ({mitnm_string(*alt[:3])})"
             )
     for lesion in lesions:
+        if lesion.review_reason:
+            reasons.append(lesion.review_reason)
         if lesion.unlocalised:
             reasons.append(
                 f"lesion {lesion.id} at {[round(v, 1) for v in lesion.centroid_mm]} mm LPS lies "

@@ -116,6 +116,12 @@ class StagingConfig:
     unlocalised : {"visceral", "equivocal"}
         What a soft-tissue focus outside every organ, fossa and nodal region becomes. Either way
         the patient gets ``needs_review``.
+    fossa_at_bladder : {"fossa", "equivocal"}
+        A lesion in the prostate-fossa region whose only equivocal reason is that it touches
+        the bladder: ``"fossa"`` (default) counts it as a local recurrence (miTr) and sets
+        ``needs_review`` — recurrences sit at the vesicourethral anastomosis, against the bladder
+        base, and calling every one of them equivocal would stage no such patient miTr;
+        ``"equivocal"`` keeps it out of the stage [D].
     equivocal_in_group : bool
         Count equivocal lesions at their provisional category in the stage (default False:
         equivocal lesions are reported and counted, never staged).
@@ -131,6 +137,7 @@ class StagingConfig:
     node_min_fraction: float = 0.1
     visceral_organs: tuple[str, ...] = ("lungs", "liver", "adrenals", "brain", "spleen")
     unlocalised: Literal["visceral", "equivocal"] = "visceral"
+    fossa_at_bladder: Literal["fossa", "equivocal"] = "fossa"
     equivocal_in_group: bool = False
     oligometastatic_max: int = 3
 
@@ -143,6 +150,11 @@ class StagingConfig:
         for name in ("bone_min_fraction", "organ_min_fraction", "fossa_min_fraction",
                      "node_min_fraction"):
             _check_fraction(name, getattr(self, name))
+        if self.fossa_at_bladder not in ("fossa", "equivocal"):
+            raise ConfigError(
+                "staging.fossa_at_bladder must be 'fossa' or 'equivocal', got "
+                f"{self.fossa_at_bladder!r}."
+            )
         if self.unlocalised not in ("visceral", "equivocal"):
             raise ConfigError(
                 f"staging.unlocalised must be 'visceral' or 'equivocal', got {self.unlocalised!r}."
@@ -189,6 +201,7 @@ class ClassifiedLesion:
     equivocal_reason: str | None = None
     unlocalised: bool = False
     overlaps: Mapping[str, float] = field(default_factory=dict)
+    review_reason: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "category", LesionCategory(self.category))

@@ -110,6 +110,8 @@ class AnatomyConfig:
     bladder_suv: float = 15.0
     bladder_hu: tuple[float, float] = (-10.0, 40.0)
     bladder_search_mm: float = 10.0
+    bladder_rim_fraction: float = 0.5
+    bladder_rim_mm: float = 8.0
     kidney_suv: float = 10.0
     salivary_suv: float = 6.0
     salivary_rim_fraction: float = 0.3

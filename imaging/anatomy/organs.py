@@ -100,8 +100,19 @@ def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissue
             mask = box_close(grown, 1) & near
             filled = ndi.binary_fill_holes(mask)
             if filled.sum() >= 10:
-                return OrganResult(full(filled), 0.85, f"PET SUV >= {config.bladder_suv:g} in "
-                                   "the midline pelvis, refined by CT water density")
+                # urine of the wall's partial-volume voxels: CT says fat or wall, PET says
+                # urine; grown only through voxels no hotter than the urine itself, so a
+                # recurrence hotter than the bladder (PSMA-1007) stays outside
+                pet_b = pet[box]
+                inside = pet_b[filled]
+                lo = config.bladder_rim_fraction * float(np.median(inside))
+                hi = float(np.percentile(inside, 99))
+                rim = _pet_rim(filled, np.where(pet_b <= hi, pet_b, -np.inf).astype(np.float32),
+                               lo, region_b, max(1, round(config.bladder_rim_mm
+                                                          / grid.spacing_mm)))
+                return OrganResult(full(rim), 0.85, f"PET SUV >= {config.bladder_suv:g} in "
+                                   "the midline pelvis, refined by CT water density, with the "
+                                   "urine-level partial-volume rim")
     # CT only: the water-density blob above the symphysis
     wet = box_open(water, 2)
     lab, sizes = _components(wet)

@@ -101,6 +101,13 @@ class LesionConfig:
         (:func:`tracer_from_radiopharmaceutical`); where it cannot (NIfTI input, an unknown
         name), the finder treats the study as a urinary-excretion tracer (PSMA-11 / DCFPyL) and
         says so in ``LesionResult.notes``.
+    spill_prominence_noise_sd : float
+        Where the scan's noise is known (liver VOI), a maximum next to an excluded organ is the
+        component's own only if it rises this many noise SDs (at its SUV) above the saddle, so
+        the noise bumps of a hot organ's halo are not taken for lesions [D].
+    spill_hotter_ratio : float
+        A component touching an excluded organ with SUVmax above this multiple of the organ's
+        uptake beside it (90th percentile) cannot be its spill and is kept whole [D].
     min_contrast_noise : float or None
         A component is kept only if ``(SUVmax - bg) / (c sqrt(bg)) >=`` this (Rose criterion,
         5 [D]): ``bg`` is the upper-quartile SUV 2-3 voxels around it, ``c`` the scan's noise
@@ -198,6 +205,8 @@ class LesionConfig:
     spill_correction: bool = True
     psf_fwhm_mm: float | None = None
     spill_prominence_suv: float = 1.0
+    spill_prominence_noise_sd: float = 3.0
+    spill_hotter_ratio: float = 1.5
     min_contrast_noise: float | None = 5.0
     contrast_noise_floor_suv: float = 0.5
     equivocal_touch: tuple[AnatomyLabel, ...] = _DEFAULT_EQUIVOCAL_TOUCH
@@ -247,7 +256,7 @@ class LesionConfig:
             "percist_blood_pool_factor", "liver_sphere_diameter_mm", "spleen_sphere_diameter_mm",
             "blood_pool_diameter_mm", "blood_pool_length_mm", "suv_peak_volume_ml",
             "max_plausible_suv", "split_prominence_suv", "spill_prominence_suv",
-            "contrast_noise_floor_suv",
+            "contrast_noise_floor_suv", "spill_prominence_noise_sd", "spill_hotter_ratio",
         )
         non_negative = (
             "percist_liver_sd_factor", "percist_blood_pool_sd_factor", "isocontour_margin_mm",

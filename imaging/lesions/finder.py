@@ -605,7 +605,7 @@ def find_lesions(
     touched: dict[AnatomyLabel, NDArray[np.intp]] = {}
     if excl_present and n and config.spill_drop:
         fg, lab, n, touched = _remove_spill(arr, fg, lab, n, zones, margins, suv.spacing, config,
-                                            spill)
+                                            spill, _noise_coefficient(reference))
         fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
 
     # 3b. Contrast to noise: a component must stand out of its surroundings (Rose criterion).
@@ -702,6 +702,14 @@ def _shell_offsets(inner: int, outer: int) -> NDArray[np.intp]:
     return _SHELL[key]
 
 
+def _noise_coefficient(reference: ReferenceValues) -> float | None:
+    """The scan's noise coefficient ``SD / sqrt(mean)`` in the liver reference VOI, or None."""
+    liver = reference.liver
+    if not liver.found or not liver.suv_sd or not liver.suv_mean or liver.suv_mean <= 0:
+        return None
+    return float(liver.suv_sd) / float(np.sqrt(liver.suv_mean))
+
+
 def _drop_low_contrast(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
     masks: Mapping[AnatomyLabel, NDArray[np.bool_]], spill: _Spill, reference: ReferenceValues, config: LesionConfig,
@@ -717,11 +725,10 @@ def _drop_low_contrast(
     a component with no measurable surroundings is kept. The upper quartile, not the median,
     because at an organ's edge half of the shell lies in the colder tissue outside it.
     """
-    liver = reference.liver
-    if not liver.found or not liver.suv_sd or not liver.suv_mean or liver.suv_mean <= 0:
+    c = _noise_coefficient(reference)
+    if c is None:
         return fg, lab, n, ("contrast-to-noise filter not applied: no liver reference to "
                             "measure the scan's noise")
-    c = float(liver.suv_sd) / float(np.sqrt(liver.suv_mean))
     shape = arr.shape
     flat = arr.reshape(-1)
     sel = np.ones(n + 1, dtype=bool)
@@ -975,16 +982,21 @@ def _spill_margin(
 def _remove_spill(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
     zones: Zones, excluded: Mapping[AnatomyLabel, float], spacing: tuple[float, float, float],
-    config: LesionConfig, spill: _Spill,
+    config: LesionConfig, spill: _Spill, noise: float | None = None,
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], int, dict[AnatomyLabel, NDArray[np.intp]]]:
     """Remove the partial-volume spill of hard-excluded organs from the components touching them.
 
     For each component within one voxel of an excluded organ's zone (mask + margin), a
     marker-based watershed on -SUV runs over the component and the zone: one marker is the
-    zone, the others the component's own SUV maxima (h-maxima, prominence
-    ``spill_prominence_suv``) away from the zone. Voxels that drain towards the organ are its
-    spill and are removed; a lesion next to the organ keeps the voxels that drain to its own
-    maximum. A component without a maximum of its own is removed entirely. Also returns, per
+    zone, the others the component's own SUV maxima away from the zone (h-maxima of prominence
+    ``spill_prominence_suv``, or ``spill_prominence_noise_sd`` noise SDs at the component's
+    SUVmax when ``noise``, the scan's noise coefficient, is known: the halo of a bladder at SUV
+    50 carries noise bumps of several SUV). Voxels that drain towards the organ are its spill
+    and are removed; a lesion next to the organ keeps the voxels that drain to its own maximum.
+    A component without a maximum of its own is removed entirely. A component hotter than
+    ``spill_hotter_ratio`` x the organ's uptake beside it (90th percentile of its voxels within
+    3 voxels of the component) cannot be its spill and is kept whole
+    (a local recurrence at the base of a [18F]PSMA-1007 bladder of SUV 5). Also returns, per
     organ, the flat indices of the kept voxels of components that touched its zone.
     """
     step = max(spacing) * 1.01
@@ -1002,6 +1014,8 @@ def _remove_spill(
     ids = np.flatnonzero(touching)
     if ids.size == 0:
         return fg, lab, n, {}
+    top = np.zeros(n + 1)
+    np.maximum.at(top, lab, arr.reshape(-1)[fg])
     conn = {6: 1, 18: 2, 26: 3}[config.connectivity]
     remove = np.zeros(len(fg), dtype=bool)
     order = np.argsort(lab, kind="stable")
@@ -1009,6 +1023,19 @@ def _remove_spill(
     for c in ids:
         members = order[bounds[c]:bounds[c + 1]]
         pts = coords[members]
+        # the organ's own uptake beside the component (90th percentile of its voxels within 3
+        # voxels; ureters and bowel are not uniform):
+        # a component hotter than that by spill_hotter_ratio cannot be its spill
+        wide = bbox_slices(pts, arr.shape, (3, 3, 3))
+        near_organ = np.zeros(tuple(s.stop - s.start for s in wide), dtype=bool)
+        for organ in excluded:
+            m = zones.mask(organ)
+            if m is not None:
+                near_organ |= np.asarray(m[wide])
+        if near_organ.any():
+            level = float(np.percentile(np.asarray(arr[wide])[near_organ], 90))
+            if top[c] > config.spill_hotter_ratio * level:
+                continue
         box = bbox_slices(pts, arr.shape, (1, 1, 1))
         lo = np.array([s.start for s in box])
         local = pts - lo
@@ -1022,7 +1049,10 @@ def _remove_spill(
         for organ, margin in excluded.items():
             rim |= zones.crop(organ, margin + step, box)
         img = np.asarray(arr[box], dtype=np.float64) - spill.crop(box)
-        peaks = h_maxima(np.where(comp, img, 0.0), config.spill_prominence_suv) & comp & ~rim
+        h = config.spill_prominence_suv
+        if noise:
+            h = max(h, config.spill_prominence_noise_sd * noise * float(np.sqrt(max(top[c], 0.0))))
+        peaks = h_maxima(np.where(comp, img, 0.0), h) & comp & ~rim
         own, n_own = _cc3d.connected_components(peaks, connectivity=26, return_N=True)
         if n_own == 0:
             remove[members] = True

@@ -393,3 +393,44 @@ def test_classify_lesions_measures_overlaps_from_anatomy() -> None:
 def test_staging_config_rejects_bad_values(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         StagingConfig(**kwargs)  # type: ignore[arg-type]
+
+
+# -- fossa recurrences against the bladder base ------------------------------------------------
+def _at_bladder(site: str, lesion_id: int = 1, reason: str = "touches urinary_bladder"
+                ) -> _Lesion:
+    return lesion(site, lesion_id, equivocal=True, equivocal_reason=reason)
+
+
+def test_fossa_lesion_touching_only_the_bladder_counts_as_tr_and_needs_review() -> None:
+    c = classify_lesion(_at_bladder("fossa"))
+    assert (c.category, c.equivocal, c.equivocal_reason) == (LesionCategory.FOSSA, False, None)
+    assert "bladder base" in c.reason
+    s = stage_patient([c], patient_id="P")
+    assert (s.mitnm, s.group, s.emmett_group) == ("miTrN0M0", "TrN0M0", "fossa_confined")
+    assert s.needs_review
+    assert any("bladder base" in r for r in s.review_reasons)
+
+
+def test_fossa_at_bladder_can_stay_equivocal() -> None:
+    config = StagingConfig(fossa_at_bladder="equivocal")
+    c = classify_lesion(_at_bladder("fossa"), config=config)
+    assert c.category is LesionCategory.EQUIVOCAL
+    assert stage_patient([c], patient_id="P", config=config).group == "T0N0M0"
+
+
+@pytest.mark.parametrize("reason", ["touches urinary_bladder; touches ureters", "touches ureters",
+                                    "sympathetic-ganglion-like (SUVmax < 4)"])
+def test_fossa_lesion_with_another_equivocal_reason_stays_equivocal(reason: str) -> None:
+    c = classify_lesion(_at_bladder("fossa", reason=reason))
+    assert c.category is LesionCategory.EQUIVOCAL
+
+
+def test_a_node_touching_the_bladder_stays_equivocal() -> None:
+    c = classify_lesion(_at_bladder("obturator_left"))
+    assert c.category is LesionCategory.EQUIVOCAL
+    assert c.provisional_category is LesionCategory.NODE_PELVIC
+
+
+def test_fossa_at_bladder_setting_is_checked() -> None:
+    with pytest.raises(ConfigError, match="fossa_at_bladder"):
+        StagingConfig(fossa_at_bladder="maybe")  # type: ignore[arg-type]
