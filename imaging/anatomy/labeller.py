@@ -212,9 +212,9 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
     """Masks and nodal regions on the reference grid (nearest neighbour in physical space).
 
     The masks travel as one bitfield (one resampling for all, the region index in its top byte)
-    and each is decoded only inside the reference box its working-grid box maps to; each region
-    is decoded inside its own box (``find_objects``). Returns the masks, the regions and the
-    volume (mL) of each region index on the reference grid.
+    and each is decoded only inside the reference box its working-grid box maps to (for the
+    regions, the box of their working-grid voxels from ``find_objects``). Returns the masks, the
+    regions and the volume (mL) of each region index on the reference grid.
     """
     present = [label for label in _BITS if label in masks_w]
     # the region index rides in the top byte when the masks leave it free (one resampling)
@@ -242,13 +242,16 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
                    else to_reference(regions_w, grid, ref))
     nodal: dict[NodalRegion, NDArray[np.bool_]] = {}
     volume_ml: dict[int, float] = {}
-    for n, sl in enumerate(ndi.find_objects(regions_ref, max_label=len(REGION_ORDER))):
-        if sl is None:
+    for n, box in enumerate(ndi.find_objects(regions_w, max_label=len(REGION_ORDER))):
+        if box is None:
             continue
+        rbox = _reference_box(box, grid, ref)
         m = np.zeros(ref.shape, dtype=bool)
-        np.equal(regions_ref[sl], n + 1, out=m[sl])
-        nodal[REGION_ORDER[n]] = m
-        volume_ml[n + 1] = float(np.count_nonzero(m[sl]) * ref.voxel_volume_ml)
+        np.equal(regions_ref[rbox], n + 1, out=m[rbox])
+        count = np.count_nonzero(m[rbox])
+        if count:
+            nodal[REGION_ORDER[n]] = m
+            volume_ml[n + 1] = float(count * ref.voxel_volume_ml)
     return masks, nodal, volume_ml
 
 

@@ -179,6 +179,20 @@ def _partial_lungs(labels: NDArray[np.integer[Any]], sizes: NDArray[np.integer[A
     return chosen
 
 
+def _max3(values: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Maximum over each voxel's 3 x 3 x 3 neighbourhood (edges repeat: ``mode="nearest"``)."""
+    out = values
+    for axis in range(values.ndim):
+        src = out
+        out = src.copy()
+        lo = [slice(None)] * values.ndim
+        hi = [slice(None)] * values.ndim
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        np.maximum(out[tuple(hi)], src[tuple(lo)], out=out[tuple(hi)])
+        np.maximum(out[tuple(lo)], src[tuple(hi)], out=out[tuple(lo)])
+    return out
+
+
 def _half_max_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
                    config: AnatomyConfig) -> NDArray[np.bool_]:
     """Drop outer bone voxels below the local half-maximum edge.
@@ -197,7 +211,7 @@ def _half_max_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
     sub_bone = bone[box]
     sub_hu = hu[box]
     edge = sub_bone & ~_erode(sub_bone, (3, 3, 3))
-    peak = ndi.maximum_filter(sub_hu, size=3, mode="nearest")
+    peak = _max3(sub_hu)
     soft = np.float32(config.bone_edge_soft_hu)
     level = soft + np.float32(config.bone_edge_fraction) * (peak - soft)
     out = bone.copy()
@@ -239,10 +253,13 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
         # reject couch-like pieces: lying below (posterior to) the patient's back
         yy = np.arange(hu.shape[1], dtype=np.float64)
         per_y = sizes[candidates].astype(np.float64)
-        ysum = np.bincount(labels.ravel(), weights=np.broadcast_to(
-            yy[None, :, None], hu.shape).ravel())[candidates]
+        fg = labels > 0
+        rows = np.broadcast_to(yy[None, :, None], hu.shape)
+        ysum = np.bincount(labels[fg], weights=rows[fg], minlength=n + 1)[candidates]
         mean_y = ysum / np.maximum(per_y, 1)
-        main_y = np.flatnonzero((labels == largest).any(axis=(0, 2)))
+        # a connected component covers a contiguous run of rows
+        ys = np.flatnonzero(((labels == largest) if n > 1 else fg).any(axis=(0, 2)))
+        main_y = np.arange(ys[0], ys[-1] + 1) if ys.size else ys
         back_y = np.percentile(main_y, 90) if main_y.size else hu.shape[1]
         for lab, my in zip(candidates, mean_y, strict=True):
             if lab != largest and my < back_y:
@@ -252,6 +269,24 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
     body = keep[labels]
     body = _dilate(body, (1, w, w)) & raw
     body, _ = fill_holes_per_slice(body)
+    # the rest lies inside the body: work on its box (full z, so scan edges stay edges)
+    box = bbox(body, pad=2)
+    assert box is not None  # the largest component is kept
+    box = (slice(0, body.shape[0]), box[1], box[2])
+    metal_b, bone_b, lungs_b = _inside_body(np.ascontiguousarray(hu[box]), body[box],
+                                            spacing_mm, config, notes)
+    metal = np.zeros(body.shape, dtype=bool)
+    bone = np.zeros(body.shape, dtype=bool)
+    lungs = np.zeros(body.shape, dtype=bool)
+    metal[box], bone[box], lungs[box] = metal_b, bone_b, lungs_b
+    return Tissues(body=body, lungs=lungs, bone=bone, metal=metal, notes=notes)
+
+
+def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: float,
+                 config: AnatomyConfig, notes: dict[str, str],
+                 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
+    """Metal, bone and lungs inside ``body`` (arrays on the body's box)."""
+    voxel_ml = spacing_mm**3 / 1000.0
     # -- metal ---------------------------------------------------------------------------------
     metal = (hu >= config.metal_hu) & body
     if metal.any():
@@ -268,7 +303,8 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
     _filled, holes = fill_holes_per_slice(bone)
     if holes.max() > 0:
         area = np.bincount(holes.ravel())
-        hsum = np.bincount(holes.ravel(), weights=hu.ravel().astype(np.float64))
+        in_hole = holes > 0
+        hsum = np.bincount(holes[in_hole], weights=hu[in_hole], minlength=area.size)
         mean = hsum / np.maximum(area, 1)
         area_cm2 = area * spacing_mm**2 / 100.0
         # red marrow (dense) up to marrow_fill_max_cm2; fatty marrow (medullary cavity of the
@@ -323,8 +359,12 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
             narrow = area < config.trachea_max_area_cm2
             # vessels and nodules inside the lungs belong to them: close, then fill per slice
             r = max(1, round(config.lung_closing_mm / spacing_mm / 2))
-            lungs = (box_close(lungs, r) & body) | lungs
-            lungs, _ = fill_holes_per_slice(lungs)
+            lbox = bbox(lungs, pad=r + 1)
+            assert lbox is not None
+            sub = (box_close(lungs[lbox], r) & body[lbox]) | lungs[lbox]
+            sub, _ = fill_holes_per_slice(sub)
+            lungs = np.zeros_like(lungs)
+            lungs[lbox] = sub
             wide = np.flatnonzero(~narrow[: top + 1])
             if wide.size and wide[-1] < top and wide[-1] > zs[0]:
                 lungs[wide[-1] + 1:] = False
@@ -332,4 +372,4 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
             notes["lungs"] = ("no lung-like air component inside the body (>= "
                               f"{config.lung_min_ml:g} mL, or lung bases widening towards the "
                               "top of a partial scan): the CT does not cover the lungs")
-    return Tissues(body=body, lungs=lungs, bone=bone, metal=metal, notes=notes)
+    return metal, bone, lungs
