@@ -63,6 +63,11 @@ def canonical_zyx(volume: Volume) -> tuple[NDArray[Any], tuple[float, float, flo
     return array, zyx_spacing  # type: ignore[return-value]
 
 
+def _extent(hit: NDArray[np.bool_]) -> slice:
+    """The slice from the first to the last True of a 1-D mask (which has one)."""
+    return slice(int(np.argmax(hit)), hit.size - int(np.argmax(hit[::-1])))
+
+
 def mip_images(
     suv: Volume, labels: Volume
 ) -> dict[str, tuple[NDArray[np.float32], NDArray[np.int64], tuple[float, float]]]:
@@ -78,13 +83,23 @@ def mip_images(
     s, sp = canonical_zyx(suv)
     lab, _ = canonical_zyx(labels)
     s = np.asarray(s, dtype=np.float32)
+    lesion = lab > 0
+    # Lesion voxels lie in their bounding box: rays outside it carry no lesion, and along a
+    # ray through it the lesion with the highest SUV is the same within the box as overall.
+    box = tuple(_extent(np.asarray(lesion.any(axis=other)))
+                for other in ((1, 2), (0, 2), (0, 1))) if lesion.any() else None
     out = {}
-    lesion_suv = np.where(lab > 0, s, -np.inf)
     for name, axis in (("anterior", 1), ("lateral", 2)):
-        arg = np.argmax(lesion_suv, axis=axis)
-        ids = np.take_along_axis(lab, np.expand_dims(arg, axis), axis=axis).squeeze(axis)
-        ids = np.where(np.isfinite(np.max(lesion_suv, axis=axis)), ids, 0).astype(np.int64)
         mip = s.max(axis=axis)
+        ids = np.zeros(mip.shape, dtype=np.int64)
+        if box is not None:
+            sub_lab = lab[box]
+            lesion_suv = np.where(lesion[box], s[box], -np.inf)
+            arg = np.argmax(lesion_suv, axis=axis)
+            sub_ids = np.take_along_axis(sub_lab, np.expand_dims(arg, axis), axis=axis
+                                         ).squeeze(axis)
+            plane = tuple(b for a, b in enumerate(box) if a != axis)
+            ids[plane] = np.where(np.isfinite(np.max(lesion_suv, axis=axis)), sub_ids, 0)
         pix = (sp[0], sp[2] if axis == 1 else sp[1])
         out[name] = (mip, ids, pix)
     return out
