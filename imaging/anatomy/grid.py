@@ -115,8 +115,10 @@ def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
             continue
         idx = [slice(None)] * 3
         idx[axis] = slice(0, None, f)
-        acc = out[tuple(idx)].astype(acc_type)
-        for off in range(1, f):
+        first = out[tuple(idx)]
+        idx[axis] = slice(1, None, f)
+        acc = np.add(first, out[tuple(idx)], dtype=acc_type)
+        for off in range(2, f):
             idx[axis] = slice(off, None, f)
             acc += out[tuple(idx)]
         out = acc
@@ -141,7 +143,8 @@ def shrink_for(volume: Volume, grid: WorkGrid) -> Any:
     factors = [f if n >= 2 * f else 1 for f, n in zip(factors, volume.shape, strict=True)]
     if max(factors) > 1:
         volume = _block_mean(volume, (factors[0], factors[1], factors[2]))
-    return sitk.Cast(volume.to_sitk(), sitk.sitkFloat32)
+    img = volume.to_sitk()
+    return img if img.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(img, sitk.sitkFloat32)
 
 
 def crop_to_content(grid: WorkGrid, image: Any, *, above: float,
@@ -199,8 +202,51 @@ def resample_onto(volume: Volume, grid: WorkGrid, *, fill: float,
     return resample_image(img, grid, fill=fill, nearest=nearest)
 
 
+def _axis_indices(grid: WorkGrid, reference: Volume) -> list[tuple[int, NDArray[np.intp]]] | None:
+    """For an axis-aligned reference: per reference axis, the working axis it runs along and
+    the nearest working index of each of its voxels (-1 outside the working grid).
+
+    None when a reference axis is oblique to the working axes (then SimpleITK resamples).
+    """
+    direction = np.asarray(reference.direction, dtype=np.float64)
+    out: list[tuple[int, NDArray[np.intp]]] = []
+    used = set()
+    for r in range(3):
+        col = direction[:, r]
+        a = int(np.argmax(np.abs(col)))  # world axis: 0 = x, 1 = y, 2 = z
+        if abs(abs(col[a]) - 1.0) > 1e-6 or a in used:
+            return None
+        used.add(a)
+        world = reference.origin[a] + col[a] * reference.spacing[r] * np.arange(
+            reference.shape[r], dtype=np.float64)
+        cont = (world - grid.origin_mm[a]) / grid.spacing_mm
+        work_axis = 2 - a  # working arrays are [z, y, x]
+        n = grid.shape[work_axis]
+        # nearest working voxel; an exact tie (common: grids of equal or commensurate spacing)
+        # goes to the higher working index as in ITK, but without its floating-point noise, so
+        # HFS and FFS copies of one study get the same voxels
+        near = np.floor(cont + 0.5 + 1e-6)
+        idx = np.where((near >= 0) & (near < n), near, -1).astype(np.intp)
+        out.append((work_axis, idx))
+    return out
+
+
 def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDArray[Any]:
-    """Nearest-neighbour copy of a working-grid label/bitfield array onto ``reference``."""
+    """Nearest-neighbour copy of a working-grid label/bitfield array onto ``reference``.
+
+    An axis-aligned reference (any flips and axis order: HFS, FFS, prone) is a gather along
+    each axis in numpy; an oblique one is resampled by SimpleITK. Voxels outside the working
+    grid get 0.
+    """
+    axes = _axis_indices(grid, reference)
+    if axes is not None:
+        order = [work_axis for work_axis, _ in axes]
+        # a zero plane at the end of every axis catches the indices outside the grid (-1)
+        padded = np.pad(array, [(0, 1)] * 3)
+        out: NDArray[Any] = np.transpose(padded, order)
+        for r, (_, idx) in enumerate(axes):
+            out = np.take(out, idx, axis=r)
+        return np.ascontiguousarray(out)
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     img.SetSpacing((grid.spacing_mm,) * 3)
     img.SetOrigin(grid.origin_mm)
@@ -209,5 +255,5 @@ def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDAr
     spacing = tuple(reversed(reference.spacing))
     f = _resampler((ni, nj, nk), spacing, reference.origin, direction,  # type: ignore[arg-type]
                    sitk.sitkNearestNeighbor, 0, img.GetPixelID())
-    out: NDArray[Any] = sitk.GetArrayFromImage(f.Execute(img))
-    return out
+    resampled: NDArray[Any] = sitk.GetArrayFromImage(f.Execute(img))
+    return resampled
