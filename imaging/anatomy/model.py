@@ -155,6 +155,7 @@ class AnatomyConfig:
     bowel_band_peak_ratio: float = 1.4
     bowel_band_rim: int = 2
     bowel_focus_max_mm: float = 15.0
+    bowel_core_max_ml: float = 12.0
     bowel_gas_hu: float = -400.0
     bowel_gas_min_ml: float = 0.3
     bowel_gas_reach_mm: float = 12.0
@@ -171,6 +172,9 @@ class AnatomyConfig:
     ureter_min_elongation: float = 2.5
     ureter_max_width_mm: float = 15.0
     ureter_contrast_suv: float = 1.5
+    ureter_course_mm: float = 8.0
+    ureter_chain_step_mm: float = 50.0
+    ureter_bolus_max_ml: float = 1.0
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
     gallbladder_hu: tuple[float, float] = (-20.0, 22.0)
     gallbladder_reach_mm: float = 20.0

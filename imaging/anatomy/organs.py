@@ -225,11 +225,13 @@ def _find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Ti
                                                  blocked, config)
     if out[AnatomyLabel.GALLBLADDER].mask is not None:
         blocked |= out[AnatomyLabel.GALLBLADDER].mask
-    out[AnatomyLabel.BOWEL] = _bowel(hu, pet, t, grid, frame, spine, blocked, config)
-    if out[AnatomyLabel.BOWEL].mask is not None:
-        blocked |= out[AnatomyLabel.BOWEL].mask
+    # ureters before the bowel: a ureter running beside a loop would join the loop's component
+    # and be hidden as bowel; as a ureter it makes a touching lesion equivocal instead
     out[AnatomyLabel.URETERS] = _ureters(pet, t, grid, frame, out[AnatomyLabel.KIDNEYS].mask,
                                          out[AnatomyLabel.URINARY_BLADDER].mask, blocked, config)
+    if out[AnatomyLabel.URETERS].mask is not None:
+        blocked |= out[AnatomyLabel.URETERS].mask
+    out[AnatomyLabel.BOWEL] = _bowel(hu, pet, t, grid, frame, spine, blocked, config)
     return out
 
 
@@ -578,6 +580,40 @@ def _lacrimal(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
                        "the head, orbit level")
 
 
+def _depth(mask: NDArray[np.bool_], lab: NDArray[Any], n: int, steps: int = 8
+           ) -> NDArray[np.float64]:
+    """Erosions (box, one voxel each) each component of ``mask`` survives, up to ``steps``."""
+    depth = np.zeros(n + 1)
+    inner = mask
+    for step in range(1, steps + 1):
+        inner = box_erode(inner, 1)
+        alive = np.unique(lab[inner])
+        if alive.size == 0 or (alive.size == 1 and alive[0] == 0):
+            break
+        depth[alive] = step
+    return depth
+
+
+def _compact_parts(mask: NDArray[np.bool_], spacing_mm: float, max_ml: float,
+                   tubularity: float) -> NDArray[np.bool_]:
+    """The components of ``mask`` that are focal: at most ``max_ml`` and not tubular.
+
+    A hot stretch of small bowel (PSMA-1007, SUV 9 beside a colon at 4) stands above its loop's
+    level as much as a node does, but it is long: its volume exceeds ``tubularity`` x the ball
+    of its inscribed radius.
+    """
+    lab, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    if n == 0:
+        return mask
+    count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+    radius_mm = (_depth(mask, lab, n) + 1.0) * spacing_mm
+    volume_mm3 = count * spacing_mm**3
+    focal = (volume_mm3 <= max_ml * 1000.0) & (
+        volume_mm3 < tubularity * (4.0 / 3.0) * np.pi * radius_mm**3)
+    focal[0] = False
+    return focal[lab]
+
+
 def _gallbladder(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid,
                  liver: NDArray[np.bool_] | None, blocked: NDArray[np.bool_],
                  config: AnatomyConfig) -> OrganResult:
@@ -713,10 +749,12 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         den = ndi.uniform_filter(inside, size=w, mode="nearest")
         level[lbox] = np.maximum(num / np.maximum(den, 1e-3), config.bowel_suv)
     pet_raw = pet[zsl]
-    core = loops & (pet_raw > config.bowel_peak_ratio * level)
+    core = _compact_parts(loops & (pet_raw > config.bowel_peak_ratio * level), s,
+                          config.bowel_core_max_ml, config.bowel_min_tubularity)
     band_core = loops & keep_out & (pet_raw > config.bowel_band_peak_ratio * level)
     # a focus is more than one noisy voxel: at least 3 such voxels in its 3x3x3 neighbourhood
     band_core &= ndi.uniform_filter(band_core.astype(np.float32), size=3) * 27.0 >= 2.5
+    band_core = _compact_parts(band_core, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
     core = box_dilate(core, 1) | (box_dilate(band_core, config.bowel_band_rim) & keep_out)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
@@ -795,6 +833,7 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     ok = (length >= config.ureter_min_length_mm) & (
         length >= config.ureter_min_elongation * width)
     ok[0] = False
+    ok |= _on_ureter_course(lab, n, cnt, mean, ok, grid, frame.x_mid_mm, config)
     if not ok.any():
         return OrganResult(None, 0.0, f"no elongated SUV >= {config.ureter_suv:g} track "
                            f"(>= {config.ureter_min_length_mm:g} mm, length / width >= "
@@ -805,4 +844,50 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                        f"{config.ureter_min_length_mm:g} mm, length / width >= "
                        f"{config.ureter_min_elongation:g}) {config.ureter_lateral_mm[0]:g}-"
                        f"{config.ureter_lateral_mm[1]:g} mm off the midline between the kidneys "
-                       "and the bladder (equivocal, domain.md 3.1)")
+                       "and the bladder, and the short boluses (<= "
+                       f"{config.ureter_bolus_max_ml:g} mL) that line up along z in chains "
+                       "(equivocal, domain.md 3.1)")
+
+
+def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
+                      centre: NDArray[np.float64], tracks: NDArray[np.bool_],
+                      grid: WorkGrid, x_mid: float, config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Short hot components that line up along z with others on the same side: ureter boluses.
+
+    Urine moves down the ureter in boluses, so the tracer fills it in pieces: the long pieces
+    are found by their shape, the short ones (a few voxels) look like small nodes one by one,
+    but together they trace the ureter's course. Two candidates on the same side are linked
+    when they are 1 voxel to ``ureter_chain_step_mm`` apart in z and their in-plane offset is
+    at most ``0.4 x`` that gap plus ``ureter_course_mm`` (a ureter runs mostly along z); a
+    linked chain of at least three pieces spanning ``ureter_min_length_mm`` or more marks its
+    pieces of at most ``ureter_bolus_max_ml`` as ureter. A node has no such chain (unless it
+    lies on one). ``centre`` holds the candidates' centres in mm of the cropped grid
+    (z, y, x order).
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    s = grid.spacing_mm
+    out = np.zeros(n + 1, dtype=bool)
+    cx = float(grid.x_mm()[0]) + centre[:, 2]
+    small = count * s**3 / 1000.0 <= config.ureter_bolus_max_ml
+    for sign in (1.0, -1.0):
+        ids = np.flatnonzero((sign * (cx - x_mid) > 0) & (small | tracks) & (count > 0))
+        ids = ids[ids > 0]
+        if ids.size < 3:
+            continue
+        c = centre[ids]
+        dz = np.abs(c[:, None, 0] - c[None, :, 0])
+        dxy = np.hypot(c[:, None, 1] - c[None, :, 1], c[:, None, 2] - c[None, :, 2])
+        link = (dz >= s * 0.99) & (dz <= config.ureter_chain_step_mm) & (
+            dxy <= 0.4 * dz + config.ureter_course_mm)
+        k, member = connected_components(csr_matrix(link), directed=False)
+        for g in range(k):
+            idx = ids[member == g]
+            if idx.size < 3:
+                continue
+            span = np.ptp(centre[idx, 0])
+            if span >= config.ureter_min_length_mm:
+                out[idx[small[idx]]] = True
+    out[0] = False
+    return out
