@@ -120,6 +120,23 @@ def frame_masks(label_map: NDArray[np.integer[Any]], grid: Volume,
     return out
 
 
+def _segment_map(ids: NDArray[np.integer[Any]], lut: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """``lut[ids]``, computed only inside the bounding box of the nonzero ids (zeros outside)."""
+    present = ids > 0
+    out = np.zeros(ids.shape, dtype=np.uint8)
+    if not present.any():
+        return out
+    box = tuple(_extent(np.asarray(present.any(axis=other)))
+                for other in ((1, 2), (0, 2), (0, 1)))
+    out[box] = lut[ids[box]]
+    return out
+
+
+def _extent(hit: NDArray[np.bool_]) -> slice:
+    """The slice from the first to the last True of a 1-D mask (which has one)."""
+    return slice(int(np.argmax(hit)), hit.size - int(np.argmax(hit[::-1])))
+
+
 def _images_through_lesions(segment_map: NDArray[Any], grid: Volume,
                             source_images: Sequence[Dataset]) -> list[int]:
     """Indices of the source images whose plane passes through a lesion voxel.
@@ -127,9 +144,13 @@ def _images_through_lesions(segment_map: NDArray[Any], grid: Volume,
     A pixel samples its nearest voxel, so an image can only hold lesion pixels if a lesion
     voxel centre lies within half a voxel (measured along the image normal) of its plane.
     """
-    points = grid.index_to_world(np.argwhere(segment_map > 0))
-    if points.size == 0:
+    present = segment_map > 0
+    if not present.any():
         return []
+    box = tuple(_extent(np.asarray(present.any(axis=other)))
+                for other in ((1, 2), (0, 2), (0, 1)))
+    corner = np.array([b.start for b in box])
+    points = grid.index_to_world(np.argwhere(present[box]) + corner)
     steps = np.asarray(grid.direction) * np.asarray(grid.spacing)[None, :]
     by_normal: dict[tuple[float, ...], list[tuple[int, NDArray[np.float64]]]] = {}
     for n, ds in enumerate(source_images):
@@ -193,7 +214,7 @@ def write_dicom_seg(
     for lesion_id, category in categories.items():
         if 0 < lesion_id < lut.size:
             lut[lesion_id] = segment_of[category]
-    segment_map = lut[ids]
+    segment_map = _segment_map(ids, lut)
     images = sorted(source_images, key=lambda ds: int(getattr(ds, "InstanceNumber", 0) or 0))
     # only the instances a lesion passes through carry frames: the SEG references those
     candidates = [images[n] for n in _images_through_lesions(segment_map, labels, images)]
