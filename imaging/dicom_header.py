@@ -45,7 +45,8 @@ _UNDEFINED = 0xFFFFFFFF
 _TAG_LEN_EXPLICIT = struct.Struct("<HH2sH")
 _TAG_LEN_IMPLICIT = struct.Struct("<HHL")
 _UINT32 = struct.Struct("<L")
-_TAGS: dict[int, BaseTag] = {}  # one BaseTag per tag number seen (a few hundred at most)
+_TAGS: dict[int, BaseTag] = {}  # one BaseTag per tag number seen (a few hundred in practice)
+_MAX_CACHED_TAGS = 8192
 
 
 def _raw_element(tag: BaseTag, vr: str | None, length: int, value: bytes | None, tell: int,
@@ -171,7 +172,9 @@ def _dataset(buf: _Buffer, pos: int, implicit: bool
             return None
         tag = _TAGS.get(tag_int)
         if tag is None:
-            tag = _TAGS.setdefault(tag_int, BaseTag(tag_int))
+            tag = BaseTag(tag_int)
+            if len(_TAGS) < _MAX_CACHED_TAGS:
+                _TAGS[tag_int] = tag
         if length == _UNDEFINED:
             sq_vr = vr
             if implicit:
