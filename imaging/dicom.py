@@ -89,7 +89,7 @@ _TAG = {
 
 
 def median(values: Any) -> float:
-    """The median of finite numbers, as ``numpy.median`` gives it.
+    """The median of numbers, as ``numpy.median`` gives it.
 
     ``numpy.median`` imports ``numpy.ma`` on first use (tens of milliseconds of a load).
     """
@@ -97,6 +97,8 @@ def median(values: Any) -> float:
     n = ordered.size
     if n == 0:
         raise ValueError("median of no values")
+    if np.isnan(ordered[-1]):  # NaN sorts last; numpy.median returns NaN then too
+        return float("nan")
     half = n // 2
     return float(ordered[half]) if n % 2 else float(np.mean(ordered[half - 1:half + 1]))
 
