@@ -174,6 +174,7 @@ class AnatomyConfig:
     ureter_contrast_suv: float = 1.5
     ureter_course_mm: float = 8.0
     ureter_chain_step_mm: float = 50.0
+    ureter_chain_slope: float = 1.0
     ureter_bolus_max_ml: float = 1.0
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
     gallbladder_hu: tuple[float, float] = (-20.0, 22.0)

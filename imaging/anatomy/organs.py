@@ -858,7 +858,8 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     are found by their shape, the short ones (a few voxels) look like small nodes one by one,
     but together they trace the ureter's course. Two candidates on the same side are linked
     when they are 1 voxel to ``ureter_chain_step_mm`` apart in z and their in-plane offset is
-    at most ``0.4 x`` that gap plus ``ureter_course_mm`` (a ureter runs mostly along z); a
+    at most ``ureter_chain_slope x`` that gap plus ``ureter_course_mm`` (a ureter runs down,
+    turning forwards no faster than 45 degrees into the pelvis); a
     linked chain of at least three pieces spanning ``ureter_min_length_mm`` or more marks its
     pieces of at most ``ureter_bolus_max_ml`` as ureter. A node has no such chain (unless it
     lies on one). ``centre`` holds the candidates' centres in mm of the cropped grid
@@ -880,7 +881,7 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
         dz = np.abs(c[:, None, 0] - c[None, :, 0])
         dxy = np.hypot(c[:, None, 1] - c[None, :, 1], c[:, None, 2] - c[None, :, 2])
         link = (dz >= s * 0.99) & (dz <= config.ureter_chain_step_mm) & (
-            dxy <= 0.4 * dz + config.ureter_course_mm)
+            dxy <= config.ureter_chain_slope * dz + config.ureter_course_mm)
         k, member = connected_components(csr_matrix(link), directed=False)
         for g in range(k):
             idx = ids[member == g]
