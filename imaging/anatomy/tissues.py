@@ -108,15 +108,22 @@ def box_close(mask: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
 
 
 def bbox(mask: NDArray[np.bool_], pad: int = 0) -> tuple[slice, slice, slice] | None:
-    """Index box of the True voxels, grown by ``pad`` (clipped); None when empty."""
+    """Index box of the True voxels, grown by ``pad`` (clipped); None when empty.
+
+    Two passes over the volume: the per-slice test on contiguous rows and the in-plane
+    projection (an element-wise OR of the slices), whose rows and columns give the rest.
+    """
+    nz = mask.shape[0]
+    flat = np.ascontiguousarray(mask).reshape(nz, -1)
+    ks = np.flatnonzero(flat.any(axis=1))
+    if ks.size == 0:
+        return None
+    proj = np.logical_or.reduce(mask[ks[0]:ks[-1] + 1], axis=0)
+    js = np.flatnonzero(proj.any(axis=1))
+    is_ = np.flatnonzero(proj.any(axis=0))
     out = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        if idx.size == 0:
-            return None
-        out.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1,
-                                                       mask.shape[axis])))
+    for idx, n in ((ks, mask.shape[0]), (js, mask.shape[1]), (is_, mask.shape[2])):
+        out.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1, n)))
     return (out[0], out[1], out[2])
 
 
