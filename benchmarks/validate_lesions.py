@@ -83,8 +83,11 @@ def load_patient(seed: int, size: str, cache: Path | None, design: str = "rich")
     sensitivity on).
     """
     from fixtures.phantom import generate_patient
+    from fixtures.phantom.patient import GENERATOR_VERSION
 
-    path = cache / f"patient-{size}-{design}-{seed}.pkl" if cache else None
+    # the generator version is in the name: a cache of an older phantom is never reused
+    path = (cache / f"patient-v{GENERATOR_VERSION}-{size}-{design}-{seed}.pkl" if cache
+            else None)
     if path is not None and path.exists():
         with path.open("rb") as fh:
             return pickle.load(fh)
