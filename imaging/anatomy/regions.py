@@ -88,14 +88,23 @@ def nodal_regions(t: Tissues, grid: WorkGrid, frame: PelvisFrame, *,
     left = dx >= 0
     spine = _per_slice(frame.spine_front_y_mm, zs.size)[:, None, None]
 
-    def put(region: NodalRegion, where: NDArray[np.bool_], reason: str) -> None:
-        out[where & soft] = code[region]
+    def put(region: NodalRegion, where: NDArray[np.bool_], reason: str,
+            ks: slice = slice(None)) -> None:
+        """Label the soft tissue of ``where``, which covers the slices ``ks`` of the grid."""
+        sub = out[ks]
+        sub[np.broadcast_to(where, sub.shape) & soft[ks]] = code[region]
         reasons[region] = reason
+
+    def slab(lo: float, hi: float) -> slice:
+        """Slices whose z lies in [lo, hi] (mm)."""
+        k = np.flatnonzero((zs >= lo) & (zs <= hi))
+        return slice(int(k[0]), int(k[-1]) + 1) if k.size else slice(0, 0)
 
     dz = frame.diaphragm_z_mm
     if dz is not None:
-        put(R.SUPRADIAPHRAGMATIC, np.broadcast_to(zz > dz, out.shape),
-            f"above the diaphragm (z > {dz:.0f} mm)")
+        ks = slab(np.nextafter(dz, np.inf), np.inf)
+        put(R.SUPRADIAPHRAGMATIC, np.ones((1, 1, 1), dtype=bool),
+            f"above the diaphragm (z > {dz:.0f} mm)", ks)
     z_ab = frame.z(LM.AORTIC_BIFURCATION)
     cib = [frame.z(lm) for lm in (LM.COMMON_ILIAC_BIFURCATION_LEFT,
                                  LM.COMMON_ILIAC_BIFURCATION_RIGHT)]
@@ -103,10 +112,12 @@ def nodal_regions(t: Tissues, grid: WorkGrid, frame: PelvisFrame, *,
     z_cib = float(np.mean(cib_found)) if cib_found else None
     if z_ab is not None and np.isfinite(spine).any():
         upper = dz if dz is not None else np.inf
-        retro = (zz > z_ab) & (zz <= upper) & (np.abs(dx) <= config.retroperitoneal_half_width_mm
-                                               ) & (yy >= spine - 60.0) & (yy <= spine + 30.0)
+        ks = slab(np.nextafter(z_ab, np.inf), upper)
+        sp = spine[ks]
+        retro = (np.abs(dx) <= config.retroperitoneal_half_width_mm) & (yy >= sp - 60.0) & (
+            yy <= sp + 30.0)
         put(R.RETROPERITONEAL, retro, "para-aortic / paracaval: above the aortic bifurcation, "
-            "in front of and beside the spine, below the diaphragm")
+            "in front of and beside the spine, below the diaphragm", ks)
     heads = [frame.landmarks[lm].position_mm for lm in (LM.FEMORAL_HEAD_LEFT,
                                                          LM.FEMORAL_HEAD_RIGHT)]
     heads_found = [h for h in heads if h is not None]
@@ -122,39 +133,48 @@ def nodal_regions(t: Tissues, grid: WorkGrid, frame: PelvisFrame, *,
     pelvis_floor = min(sym_inf - 20.0, fh[2] + config.inguinal_top_rel_femoral_head_mm)
     lateral_limit = 150.0
     # common iliac: between the two bifurcations
-    ci = (zz <= z_ab) & (zz > z_cib) & (np.abs(dx) <= lateral_limit) & (yy >= spine - 90.0)
-    put(R.COMMON_ILIAC_LEFT, ci & left, "between the aortic and common-iliac bifurcations, left")
+    ks = slab(np.nextafter(z_cib, np.inf), z_ab)
+    ci = (np.abs(dx) <= lateral_limit) & (yy >= spine[ks] - 90.0)
+    put(R.COMMON_ILIAC_LEFT, ci & left, "between the aortic and common-iliac bifurcations, left",
+        ks)
     put(R.COMMON_ILIAC_RIGHT, ci & ~left, "between the aortic and common-iliac bifurcations, "
-        "right")
+        "right", ks)
     # true pelvis below the common-iliac bifurcation: anterior (external iliac), posterior
     # (internal iliac), and the obturator band at acetabular level between them
     z_groin = fh[2] + config.inguinal_top_rel_femoral_head_mm
-    pelvis = (zz <= z_cib) & (zz > z_groin) & (np.abs(dx) <= lateral_limit)
+    ks = slab(np.nextafter(z_groin, np.inf), z_cib)
+    pelvis = np.abs(dx) <= lateral_limit
     z_obt_top = fh[2] + config.obturator_above_femoral_head_mm
     y_split = fh[1] - config.external_internal_split_mm
     y_obt_front = fh[1] - config.obturator_front_mm
     y_obt_back = fh[1] + config.obturator_back_mm
-    low = zz <= z_obt_top
+    low = zz[ks] <= z_obt_top
     ext = pelvis & np.where(low, yy < y_obt_front, yy < y_split)
     obt = pelvis & low & (yy >= y_obt_front) & (yy < y_obt_back)
     intl = pelvis & ~ext & ~obt
-    put(R.EXTERNAL_ILIAC_LEFT, ext & left, "below the common-iliac bifurcation, anterolateral")
-    put(R.EXTERNAL_ILIAC_RIGHT, ext & ~left, "below the common-iliac bifurcation, anterolateral")
-    put(R.INTERNAL_ILIAC_LEFT, intl & left, "below the common-iliac bifurcation, posterolateral")
+    put(R.EXTERNAL_ILIAC_LEFT, ext & left, "below the common-iliac bifurcation, anterolateral",
+        ks)
+    put(R.EXTERNAL_ILIAC_RIGHT, ext & ~left, "below the common-iliac bifurcation, anterolateral",
+        ks)
+    put(R.INTERNAL_ILIAC_LEFT, intl & left, "below the common-iliac bifurcation, posterolateral",
+        ks)
     put(R.INTERNAL_ILIAC_RIGHT, intl & ~left, "below the common-iliac bifurcation, "
-        "posterolateral")
-    put(R.OBTURATOR_LEFT, obt & left, "acetabular level, pelvic side wall")
-    put(R.OBTURATOR_RIGHT, obt & ~left, "acetabular level, pelvic side wall")
+        "posterolateral", ks)
+    put(R.OBTURATOR_LEFT, obt & left, "acetabular level, pelvic side wall", ks)
+    put(R.OBTURATOR_RIGHT, obt & ~left, "acetabular level, pelvic side wall", ks)
     back = _per_slice(frame.sacrum_front_y_mm, zs.size)[:, None, None]
     s3 = prom_z - config.promontory_to_s3_mm
-    pre = (zz <= prom_z) & (zz >= s3) & (np.abs(dx) <= config.presacral_half_width_mm) & (
-        yy >= back - config.presacral_depth_mm) & (yy <= back + 5.0)
-    put(R.PRESACRAL, pre, "within 20 mm of the midline, in front of S1-S3")
-    peri = (zz < s3) & (zz >= pelvis_floor) & (np.abs(dx) <= config.perirectal_half_width_mm) & (
-        yy >= back - config.perirectal_depth_mm) & (yy <= back + 5.0)
-    put(R.PERIRECTAL, peri, "mesorectum: midline, in front of the sacrum / coccyx below S3")
-    ing = (zz <= z_groin) & (zz >= z_groin - config.inguinal_depth_mm) & (
-        yy < fh[1] - config.inguinal_anterior_mm) & (np.abs(dx) >= config.inguinal_min_lateral_mm)
-    put(R.INGUINAL_LEFT, ing & left, "groin: below the inguinal ligament level, anterior")
-    put(R.INGUINAL_RIGHT, ing & ~left, "groin: below the inguinal ligament level, anterior")
+    ks = slab(s3, prom_z)
+    pre = (np.abs(dx) <= config.presacral_half_width_mm) & (
+        yy >= back[ks] - config.presacral_depth_mm) & (yy <= back[ks] + 5.0)
+    put(R.PRESACRAL, pre, "within 20 mm of the midline, in front of S1-S3", ks)
+    ks = slab(pelvis_floor, np.nextafter(s3, -np.inf))
+    peri = (np.abs(dx) <= config.perirectal_half_width_mm) & (
+        yy >= back[ks] - config.perirectal_depth_mm) & (yy <= back[ks] + 5.0)
+    put(R.PERIRECTAL, peri, "mesorectum: midline, in front of the sacrum / coccyx below S3", ks)
+    ks = slab(z_groin - config.inguinal_depth_mm, z_groin)
+    ing = (yy < fh[1] - config.inguinal_anterior_mm) & (
+        np.abs(dx) >= config.inguinal_min_lateral_mm)
+    put(R.INGUINAL_LEFT, ing & left, "groin: below the inguinal ligament level, anterior", ks)
+    put(R.INGUINAL_RIGHT, ing & ~left, "groin: below the inguinal ligament level, anterior", ks)
     return out, reasons
