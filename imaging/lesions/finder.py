@@ -19,11 +19,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cc3d
 import numpy as np
-import pandas as pd
 from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.morphology import h_maxima as _sk_h_maxima
@@ -36,6 +35,9 @@ from imaging.lesions.measures import LesionMeasures, measure_lesions, mipsma, ov
 from imaging.lesions.reference import ReferenceValues, measure_reference_regions
 from imaging.vocabulary import AnatomyLabel
 from imaging.volume import Volume, same_geometry
+
+if TYPE_CHECKING:  # pandas is imported where the table is built (it costs ~0.5 s at start-up)
+    import pandas as pd
 
 __all__ = ["Lesion", "LesionResult", "find_lesions"]
 
@@ -181,6 +183,8 @@ class LesionResult:
                 rows[f"overlap_{name}"].append(les.overlaps.get(name, 0.0))
         dtypes = {"id": "int64", "voxel_count": "int64", "mipsma_score": "Int64",
                   "mipsma_index": "Float64", "equivocal": "bool", "equivocal_reason": "string"}
+        import pandas as pd
+
         frame = pd.DataFrame(rows)
         for col in frame.columns:
             frame[col] = frame[col].astype(dtypes.get(col, "float64"))

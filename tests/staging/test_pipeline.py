@@ -64,7 +64,10 @@ def test_stage_command_on_dicom_writes_every_output(dicom_run: tuple[int, Path, 
     assert record["patient_id"] == truth["patient_id"]
     assert record["mitnm"] in stdout
     assert record["source"] == "dicom"
-    assert record["config_hash"] == load_config().hash()
+    # lesion.tracer "auto" is resolved from the DICOM Radiopharmaceutical and saved resolved
+    tracer = truth["acquisition"]["tracer"]
+    assert record["config"]["lesion"]["tracer"] == tracer
+    assert record["config_hash"] == load_config(lesion={"tracer": tracer}).hash()
     assert set(record["timings_s"]) == {"load", "suv", "anatomy", "lesions", "staging",
                                         "outputs"}
     assert load_config(out / "config.toml").hash() == record["config_hash"]
