@@ -264,9 +264,8 @@ class LesionConfig:
             "equivocal_touch_mm", "equivocal_margin_mm", "spill_margin_max_mm",
             "ganglion_max_suv", "ganglion_max_volume_ml", "ganglion_bone_distance_mm",
         )
-        if self.min_contrast_noise is not None:
-            non_negative = (*non_negative, "min_contrast_noise")
-        for name in positive + non_negative:
+        optional = ("min_contrast_noise",) if self.min_contrast_noise is not None else ()
+        for name in positive + non_negative + optional:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"lesion setting {name} must be a number, got {value!r}.")

@@ -716,18 +716,20 @@ def _noise_coefficient(reference: ReferenceValues) -> float | None:
 
 def _drop_low_contrast(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
-    masks: Mapping[AnatomyLabel, NDArray[np.bool_]], spill: _Spill, reference: ReferenceValues, config: LesionConfig,
+    masks: Mapping[AnatomyLabel, NDArray[np.bool_]], spill: _Spill,
+    reference: ReferenceValues, config: LesionConfig,
 ) -> tuple[NDArray[np.intp], NDArray[np.intp], int, str]:
     """Drop components whose SUVmax does not stand out of the noise of their surroundings.
 
-    Contrast-to-noise ratio ``(SUVmax - bg) / (c sqrt(bg))``: ``bg`` is the upper-quartile SUV in a shell
-    2-3 voxels around the component (voxels hotter than the component left out, the modelled
-    spill of hot organs subtracted), ``c`` the scan's noise coefficient ``SD / sqrt(mean)`` in the
-    liver reference VOI (PET noise variance grows with the count level). Components below
-    ``config.min_contrast_noise`` (Rose criterion, 5 by default) are the noise maxima of
-    moderately avid tissue (stomach wall, bone marrow, heart) that a fixed SUV threshold admits;
-    a component with no measurable surroundings is kept. The upper quartile, not the median,
-    because at an organ's edge half of the shell lies in the colder tissue outside it.
+    Contrast-to-noise ratio ``(SUVmax - bg) / (c sqrt(bg))``: ``bg`` is the upper-quartile SUV
+    in a shell 2-3 voxels around the component (voxels hotter than the component left out, the
+    modelled spill of hot organs subtracted), ``c`` the scan's noise coefficient
+    ``SD / sqrt(mean)`` in the liver reference VOI (PET noise variance grows with the count
+    level). Components below ``config.min_contrast_noise`` (Rose criterion, 5 by default) are
+    the noise maxima of moderately avid tissue (stomach wall, bone marrow, heart) that a fixed
+    SUV threshold admits; a component with no measurable surroundings is kept. The upper
+    quartile, not the median, because at an organ's edge half of the shell lies in the colder
+    tissue outside it.
     """
     c = _noise_coefficient(reference)
     if c is None:
@@ -783,6 +785,7 @@ def _drop_low_contrast(
     bg[has] = vals[starts[has] + (3 * counts[has]) // 4]
     bg = np.maximum(bg, 0.0)
     cnr = (top - bg) / (c * np.sqrt(np.maximum(bg, config.contrast_noise_floor_suv)))
+    assert config.min_contrast_noise is not None  # the caller skips the test otherwise
     sel = ~has | (cnr >= config.min_contrast_noise)
     sel[0] = False
     dropped = int(n - sel[1:].sum())

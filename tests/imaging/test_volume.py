@@ -10,7 +10,8 @@ from imaging.volume import Volume, same_geometry
 def _oblique_volume() -> Volume:
     rng = np.random.default_rng(7)
     theta = np.deg2rad(20)
-    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0],
+                    [0, 0, 1]])
     direction = rot @ np.eye(3)[:, ::-1]
     return Volume(rng.normal(size=(4, 5, 6)).astype(np.float32), (3.0, 2.0, 1.5),
                   (-10.0, 20.0, 30.0), direction, "HU")

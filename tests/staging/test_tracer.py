@@ -47,10 +47,12 @@ def test_unknown_tracer_is_a_review_reason_not_a_silent_default(name: str | None
     config = load_config()
     resolved, note = resolve_tracer(config, _study(name))  # type: ignore[arg-type]
     assert resolved is config
-    assert note is not None and "lesion.tracer" in note
+    assert note is not None
+    assert "lesion.tracer" in note
 
 
 def test_an_explicit_tracer_wins_over_the_header() -> None:
     config = load_config(lesion={"tracer": "psma11"})
     resolved, note = resolve_tracer(config, _study("F-18 PSMA-1007"))  # type: ignore[arg-type]
-    assert resolved is config and note is None
+    assert resolved is config
+    assert note is None
