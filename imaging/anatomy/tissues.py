@@ -62,7 +62,7 @@ def _window_1d(mask: NDArray[np.bool_], r: int, axis: int, erode: bool) -> NDArr
     rest = w - span
     if rest > 0:
         op(f[sl(0, m - rest)], f[sl(rest, m)], out=f[sl(0, m - rest)])
-    return np.ascontiguousarray(f[sl(0, n)])
+    return f[sl(0, n)]  # a view: the next axis pads (copies) it anyway
 
 
 def _box(mask: NDArray[np.bool_], size: tuple[int, int, int], erode: bool) -> NDArray[np.bool_]:
@@ -74,7 +74,7 @@ def _box(mask: NDArray[np.bool_], size: tuple[int, int, int], erode: bool) -> ND
     for axis, s in enumerate(size):
         if s > 1:
             out = _window_1d(out, s // 2, axis, erode)
-    return out if out is not mask else out.copy()
+    return np.ascontiguousarray(out) if out is not mask else out.copy()
 
 
 def _erode(mask: NDArray[np.bool_], size: tuple[int, int, int]) -> NDArray[np.bool_]:
