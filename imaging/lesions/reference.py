@@ -18,7 +18,7 @@ from typing import Any
 import cc3d
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from imaging.lesions._geometry import ball_offsets, mask_bbox
 from imaging.lesions.config import LesionConfig
@@ -120,11 +120,12 @@ def _sphere_voi(
     if not cand.any():
         return None, f"no point {radius:g} mm inside the mask"
     offs = ball_offsets(radius, spacing)
-    # Sphere sums by FFT correlation (kernel symmetric, so convolution = correlation).
+    # Sphere sums by direct convolution (kernel symmetric, so convolution = correlation; the
+    # organ box is small, and scipy.signal would cost half a second to import).
     reach = np.abs(offs).max(axis=0)
     kernel = np.zeros(tuple(2 * reach + 1), dtype=np.float64)
     kernel[tuple((offs + reach).T)] = 1.0
-    sums = signal.fftconvolve(s, kernel, mode="same")
+    sums = ndimage.convolve(s, kernel, mode="constant", cval=0.0)
     means_all = sums / kernel.sum()
     cidx = np.argwhere(cand)
     if prefer_right:
