@@ -45,6 +45,7 @@ _DEFAULT_ADAPTIVE: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.HEART,
     AnatomyLabel.AORTA,
     AnatomyLabel.ILIAC_VESSELS,
+    AnatomyLabel.BONE,
 )
 _DEFAULT_EQUIVOCAL_TOUCH: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.URINARY_BLADDER,
@@ -124,12 +125,14 @@ class LesionConfig:
         partial-volume halo is handled by ``spill_correction``). Small, because nodes lie a few
         millimetres from bowel loops [D].
     adaptive_margin_mm : float
-        Organ-adaptive masks are grown by this distance (about one PET voxel in-plane,
-        diagonals included) so the organ's own edge voxels get its threshold [D].
+        Organ-adaptive masks are grown by this distance (two PET voxels in-plane) so the organ's
+        own edge voxels, and its partial-volume spill beyond a mask drawn slightly small, get
+        its threshold [D].
     adaptive_organs : tuple of AnatomyLabel
-        Organs (liver, spleen, lungs, adrenals; heart and large vessels for their noise tail)
-        where the threshold is ``max(T_soft, centre + adaptive_sd_factor x spread)``
-        of the organ's own SUV (robust: median and 1.4826 x MAD) [D].
+        Organs (liver, spleen, lungs, adrenals; heart and large vessels for their noise tail;
+        the skeleton, whose marrow is avid with [18F]PSMA-1007) where the threshold is
+        ``max(T_soft, centre + adaptive_sd_factor x spread)`` of the organ's own SUV (robust:
+        median and 1.4826 x MAD; ``T_bone`` instead of ``T_soft`` for the skeleton) [D].
     adaptive_sd_factor : float or None
         The k of the organ-adaptive threshold ``centre + k x spread`` [D]. ``None`` (default):
         ``k = max(3, sqrt(2 ln n))`` for an organ of ``n`` voxels, the expected maximum of ``n``
@@ -198,7 +201,7 @@ class LesionConfig:
     tracer: Tracer = "auto"
     exclude: tuple[AnatomyLabel, ...] = _DEFAULT_EXCLUDE
     exclusion_margin_mm: float = 3.0
-    adaptive_margin_mm: float = 6.0
+    adaptive_margin_mm: float = 10.0
     adaptive_organs: tuple[AnatomyLabel, ...] = _DEFAULT_ADAPTIVE
     adaptive_sd_factor: float | None = None
     spill_drop: bool = True

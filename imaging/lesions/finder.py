@@ -570,7 +570,9 @@ def find_lesions(
         k = config.adaptive_sd_factor
         if k is None:
             k = max(3.0, float(np.sqrt(2.0 * np.log(organ_vals.size))))
-        t_org = max(t_soft, centre + k * spread)
+        # the skeleton keeps the bone threshold as its floor (qPSMA: bone SUV >= 3 whatever
+        # the soft-tissue rule); its own noise bound matters where marrow is avid (PSMA-1007)
+        t_org = max(t_bone if organ is AnatomyLabel.BONE else t_soft, centre + k * spread)
         thresholds[f"organ:{organ.value}"] = float(t_org)
         organ_floor.append((organ, t_org))
         near = zones.hits(organ, ccoords, margin_mm)
@@ -696,13 +698,18 @@ _SHELL: dict[tuple[int, int], NDArray[np.intp]] = {}
 
 
 def _shell_offsets(inner: int, outer: int) -> NDArray[np.intp]:
-    """Voxel offsets at Chebyshev distance ``inner..outer`` (a cubic shell), shape (m, 3)."""
+    """Voxel offsets along the 26 grid directions at steps ``inner..outer``, shape (m, 3).
+
+    A sparse sample of the shell around a voxel (26 rays instead of every voxel of the cubic
+    shell): enough for a quartile of the surroundings, six times fewer lookups.
+    """
     key = (inner, outer)
     if key not in _SHELL:
-        r = np.arange(-outer, outer + 1)
-        grid = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
-        cheb = np.abs(grid).max(axis=1)
-        _SHELL[key] = grid[(cheb >= inner) & (cheb <= outer)].astype(np.intp)
+        r = np.arange(-1, 2)
+        rays = np.stack(np.meshgrid(r, r, r, indexing="ij"), axis=-1).reshape(-1, 3)
+        rays = rays[np.abs(rays).max(axis=1) > 0]
+        steps = np.arange(inner, outer + 1)
+        _SHELL[key] = (rays[None, :, :] * steps[:, None, None]).reshape(-1, 3).astype(np.intp)
     return _SHELL[key]
 
 
@@ -744,8 +751,9 @@ def _drop_low_contrast(
     top = np.full(n + 1, -np.inf)
     np.maximum.at(top, lab, own)
     # boundary voxels only: the shell of a component is reached from its surface
-    inside = np.zeros(int(np.prod(shape)), dtype=bool)
-    inside[fg] = True
+    label_of = np.zeros(int(np.prod(shape)), dtype=np.int32)
+    label_of[fg] = lab
+    inside = label_of > 0
     edge = np.zeros(fg.size, dtype=bool)
     for axis in range(3):
         for step in (-1, 1):
@@ -761,12 +769,10 @@ def _drop_low_contrast(
     ok = np.all((pts >= 0) & (pts < np.asarray(shape)), axis=1)
     pts, owner = pts[ok], owner[ok]
     idx = np.ravel_multi_index(tuple(pts.T), shape)
-    key = np.unique(owner.astype(np.int64) * inside.size + idx)
     # the component's own voxels are not its surroundings; other candidates' voxels are (leaving
-    # out every voxel above threshold would bias the background low in noisy avid tissue)
-    key = key[~np.isin(key, lab.astype(np.int64) * inside.size + fg, assume_unique=True)]
-    owner, idx = (key // inside.size).astype(np.intp), (key % inside.size).astype(np.intp)
-    keep_v = np.ones(idx.size, dtype=bool)
+    # out every voxel above threshold would bias the background low in noisy avid tissue). A
+    # voxel reached along several rays counts several times: a sample, not a set.
+    keep_v = label_of[idx] != owner
     body = masks.get(AnatomyLabel.BODY)
     if body is not None:
         keep_v &= body.reshape(-1)[idx]
