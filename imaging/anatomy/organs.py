@@ -594,6 +594,18 @@ def _depth(mask: NDArray[np.bool_], lab: NDArray[Any], n: int, steps: int = 8
     return depth
 
 
+def _tubular(mask: NDArray[np.bool_], lab: NDArray[Any], n: int, count: NDArray[np.float64],
+             spacing_mm: float, tubularity: float) -> NDArray[np.bool_]:
+    """Per component of ``mask``: volume >= ``tubularity`` x the ball of its inscribed radius.
+
+    A node is a compact ball (volume close to its inscribed ball's); a bowel loop or a stretch
+    of it is long or tortuous.
+    """
+    radius_mm = (_depth(mask, lab, n) + 1.0) * spacing_mm
+    return np.asarray(count * spacing_mm**3 >= tubularity * (4.0 / 3.0) * np.pi * radius_mm**3,
+                      dtype=bool)
+
+
 def _compact_parts(mask: NDArray[np.bool_], spacing_mm: float, max_ml: float,
                    tubularity: float) -> NDArray[np.bool_]:
     """The components of ``mask`` that are focal: at most ``max_ml`` and not tubular.
@@ -606,10 +618,8 @@ def _compact_parts(mask: NDArray[np.bool_], spacing_mm: float, max_ml: float,
     if n == 0:
         return mask
     count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
-    radius_mm = (_depth(mask, lab, n) + 1.0) * spacing_mm
-    volume_mm3 = count * spacing_mm**3
-    focal = (volume_mm3 <= max_ml * 1000.0) & (
-        volume_mm3 < tubularity * (4.0 / 3.0) * np.pi * radius_mm**3)
+    focal = (count * spacing_mm**3 <= max_ml * 1000.0) & ~_tubular(mask, lab, n, count,
+                                                                   spacing_mm, tubularity)
     focal[0] = False
     return focal[lab]
 
@@ -719,17 +729,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     loops = np.zeros_like(avid)
     if n:
         count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
-        depth = np.zeros(n + 1)
-        inner_c = avid
-        for step in range(1, 9):
-            inner_c = box_erode(inner_c, 1)
-            alive = np.unique(lab[inner_c])
-            if alive.size == 0 or (alive.size == 1 and alive[0] == 0):
-                break
-            depth[alive] = step
-        radius_mm = (depth + 1.0) * s
-        tubular = count * s**3 >= config.bowel_min_tubularity * (4.0 / 3.0) * np.pi * (
-            radius_mm**3)
+        tubular = _tubular(avid, lab, n, count, s, config.bowel_min_tubularity)
         with_gas = np.zeros(n + 1, dtype=bool)
         with_gas[np.unique(lab[box_dilate(gas, 1)])] = True
         ok = (count * voxel_ml >= config.bowel_min_ml) & (tubular | with_gas)
@@ -883,12 +883,12 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
         link = (dz >= s * 0.99) & (dz <= config.ureter_chain_step_mm) & (
             dxy <= config.ureter_chain_slope * dz + config.ureter_course_mm)
         k, member = connected_components(csr_matrix(link), directed=False)
-        for g in range(k):
-            idx = ids[member == g]
-            if idx.size < 3:
-                continue
-            span = np.ptp(centre[idx, 0])
-            if span >= config.ureter_min_length_mm:
-                out[idx[small[idx]]] = True
+        z = centre[ids, 0]
+        top, bottom = np.full(k, -np.inf), np.full(k, np.inf)
+        np.maximum.at(top, member, z)
+        np.minimum.at(bottom, member, z)
+        chain = (np.bincount(member, minlength=k) >= 3) & (
+            top - bottom >= config.ureter_min_length_mm)
+        out[ids[chain[member] & small[ids]]] = True
     out[0] = False
     return out

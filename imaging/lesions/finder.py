@@ -686,7 +686,14 @@ def _drop_small(
     if n == 0:
         return fg, lab, 0
     counts = np.bincount(lab, minlength=n + 1)
-    ok = counts * voxel_ml >= min_ml * (1 - 1e-9)
+    return _keep_components(fg, lab, n, counts * voxel_ml >= min_ml * (1 - 1e-9))
+
+
+def _keep_components(
+    fg: NDArray[np.intp], lab: NDArray[np.intp], n: int, ok: NDArray[np.bool_],
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
+    """Keep the components whose ``ok[label]`` holds, renumbered 1..n' (order kept)."""
+    ok = ok.copy()
     ok[0] = False
     lut = np.zeros(n + 1, dtype=np.intp)
     lut[ok] = np.arange(1, int(ok.sum()) + 1)
@@ -744,7 +751,6 @@ def _drop_low_contrast(
                             "measure the scan's noise")
     shape = arr.shape
     flat = arr.reshape(-1)
-    sel = np.ones(n + 1, dtype=bool)
     # component SUVmax (halo-corrected where a hot organ's spill was modelled)
     coords = np.stack(np.unravel_index(fg, shape), axis=1)
     own = flat[fg] - spill.at(coords)
@@ -792,15 +798,10 @@ def _drop_low_contrast(
     bg = np.maximum(bg, 0.0)
     cnr = (top - bg) / (c * np.sqrt(np.maximum(bg, config.contrast_noise_floor_suv)))
     assert config.min_contrast_noise is not None  # the caller skips the test otherwise
-    sel = ~has | (cnr >= config.min_contrast_noise)
-    sel[0] = False
-    dropped = int(n - sel[1:].sum())
-    lut = np.zeros(n + 1, dtype=np.intp)
-    lut[sel] = np.arange(1, int(sel.sum()) + 1)
-    keep = sel[lab]
+    fg, lab, kept = _keep_components(fg, lab, n, ~has | (cnr >= config.min_contrast_noise))
     how = (f"contrast-to-noise >= {config.min_contrast_noise:g} (noise coefficient {c:.3f} from "
-           f"the liver VOI): {dropped} component(s) dropped")
-    return fg[keep], lut[lab[keep]], int(sel.sum()), how
+           f"the liver VOI): {n - kept} component(s) dropped")
+    return fg, lab, kept, how
 
 
 class _Spill:
