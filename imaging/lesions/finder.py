@@ -881,7 +881,10 @@ def _fit_spill(
             coef, *_ = np.linalg.lstsq(design, ys[use], rcond=None)
             resid = ys - (coef[0] * gs + coef[1])
             mad = float(np.median(np.abs(resid[use] - np.median(resid[use])))) * 1.4826
-            use = np.abs(resid) <= 3 * max(mad, 1e-6)
+            inliers = np.abs(resid) <= 3 * max(mad, 1e-6)
+            if np.count_nonzero(inliers) < 2:  # an exact fit (noise-free image): keep the set
+                break
+            use = inliers
         sse = float(np.mean(resid[use] ** 2))
         if best is None or sse < best[0]:
             best = (sse, float(coef[0]), float(coef[1]), float(sigma), g)

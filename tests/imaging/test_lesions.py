@@ -523,3 +523,47 @@ def test_contrast_filter_is_skipped_with_a_note_without_a_liver_reference() -> N
     result = find_lesions(_suv(arr), anatomy={})
     assert result.lesion_count == 1
     assert any("contrast-to-noise filter not applied" in n for n in result.notes)
+
+
+def test_avid_marrow_noise_is_not_bone_disease_but_a_bone_lesion_is() -> None:
+    """[18F]PSMA-1007-like marrow (SUV 2.1, noisy) crosses the bone threshold of 3; the
+    skeleton's own noise bound keeps it out and a bone metastasis still stands out."""
+    shape = (50, 60, 60)
+    rng = np.random.default_rng(5)
+    bone = np.zeros(shape, dtype=bool)
+    bone[5:45, 10:50, 20:40] = True
+    act = np.where(bone, 2.1, 0.5)
+    act[_ball(shape, (75.0, 120.0, 120.0), 8.0)] = 15.0
+    clean = _blur(act)
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)
+    noise /= noise.std()
+    arr = np.maximum(clean + 0.22 * np.sqrt(clean) * noise, 0.0)
+    anatomy = {A.BODY: np.ones(shape, dtype=bool), A.BONE: bone}
+    plain = find_lesions(_suv(arr), anatomy=anatomy,
+                         config=LesionConfig(adaptive_organs=(), min_contrast_noise=None))
+    adaptive = find_lesions(_suv(arr), anatomy=anatomy,
+                            config=LesionConfig(min_contrast_noise=None))
+    assert plain.lesion_count > 1
+    assert adaptive.lesion_count == 1
+    assert adaptive.thresholds["organ:bone"] > 3.0
+    focus = _ball(shape, (75.0, 120.0, 120.0), 8.0)
+    assert focus[np.asarray(adaptive.labels.array) == 1].any()
+
+
+def test_focus_hotter_than_the_excluded_organ_beside_it_is_not_its_spill() -> None:
+    """A recurrence (SUV 15) against a cool bladder (SUV 5, as with [18F]PSMA-1007) whose mask
+    takes in the lesion's rim is kept, not removed as the bladder's halo."""
+    shape = (50, 60, 60)
+    bladder = _ball(shape, (75.0, 120.0, 100.0), 30.0)
+    focus = _ball(shape, (75.0, 120.0, 136.0), 8.0)
+    act = np.where(bladder, 5.0, 0.5)
+    act[focus] = 15.0
+    arr = _blur(act)
+    mask = bladder | (focus & _ball(shape, (75.0, 120.0, 100.0), 33.0))
+    anatomy = {A.BODY: np.ones(shape, dtype=bool), A.URINARY_BLADDER: mask}
+    kept = find_lesions(_suv(arr), anatomy=anatomy)
+    assert kept.lesion_count == 1
+    assert focus[np.asarray(kept.labels.array) == 1].any()
+    assert kept.lesions[0].equivocal_reason == "touches urinary_bladder"
+    removed = find_lesions(_suv(arr), anatomy=anatomy, config=LesionConfig(spill_hotter_ratio=1e9))
+    assert removed.lesion_count == 0
