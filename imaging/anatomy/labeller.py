@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from imaging.anatomy.adrenals import adrenal_regions
+from imaging.anatomy.bone_detail import bone_on_reference
 from imaging.anatomy.grid import (
     WorkGrid,
     crop_to_content,
@@ -166,6 +167,10 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
 
     # -- onto the reference grid: one bitfield and one region index, nearest neighbour ----------
     masks, nodal, region_ml = _to_reference_grid(masks_w, regions_w, grid, ref)
+    if AnatomyLabel.BONE in masks and AnatomyLabel.BONE not in (provider.masks if provider
+                                                                else {}):
+        masks[AnatomyLabel.BONE] = bone_on_reference(masks[AnatomyLabel.BONE], ct, ref,
+                                                     config=config)
     for n, region in enumerate(REGION_ORDER):
         ml = region_ml.get(n + 1, 0.0)
         info[region.value] = MaskInfo("rule", 0.6 if ml > 0 else 0.0,

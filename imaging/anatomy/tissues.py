@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 from imaging.anatomy.model import AnatomyConfig
 
 __all__ = ["Tissues", "bbox", "box_close", "box_dilate", "box_erode", "box_open",
-           "fill_holes_per_slice", "segment_tissues"]
+           "contrast_lumina", "fill_holes_per_slice", "segment_tissues"]
 
 _INPLANE = np.zeros((3, 3, 3), dtype=bool)
 _INPLANE[1] = True
@@ -226,6 +226,95 @@ def _half_max_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
     return out
 
 
+#: upper HU of enhanced blood (arterial phase); cortical bone lies above
+BLOOD_MAX_HU = 450.0
+#: a lumen holds a box this wide in-plane and this tall (mm) of blood-dense voxels
+_LUMEN_CORE_MM = (9.0, 15.0)
+#: a lumen's outline runs through soft tissue (< bone threshold) for at least this fraction
+LUMEN_MIN_SOFT_RIM = 0.4
+#: a lumen runs at least this far along z (a lumbar vertebral body is 25-35 mm tall, and on
+#: a coarse grid two of them can join across a thin disc)
+LUMEN_MIN_LENGTH_MM = 75.0
+
+
+def _odd_voxels(mm: float, spacing_mm: float) -> int:
+    """Odd box width (voxels) closest to ``mm``, at least 1."""
+    return max(1, 2 * round(mm / spacing_mm / 2.0) + 1)
+
+
+def contrast_lumina(hu: NDArray[np.float32], candidates: NDArray[np.bool_], spacing_mm: float,
+                    *, bone_hu: float) -> NDArray[np.bool_]:
+    """Contrast-filled lumina among the bone candidates, with their partial-volume wall.
+
+    Parameters
+    ----------
+    hu : ndarray, shape (Z, Y, X)
+        CT in HU on an isotropic grid.
+    candidates : ndarray of bool, shape (Z, Y, X)
+        Voxels at or above the bone threshold (inside the body).
+    spacing_mm : float
+        Isotropic voxel size.
+    bone_hu : float
+        The bone threshold (HU); voxels below it count as soft tissue around a lumen.
+
+    Returns
+    -------
+    ndarray of bool, shape (Z, Y, X)
+        The lumina and the one-voxel in-plane rim around them that is below ``BLOOD_MAX_HU``
+        (so a calcified plaque or the cortex of a vertebra touching the vessel stays a bone
+        candidate).
+
+    Notes
+    -----
+    Blood-dense voxels are ``candidates`` below ``BLOOD_MAX_HU``; their opening by a
+    ``_LUMEN_CORE_MM`` box leaves the wide, homogeneous regions. A component of those is a
+    lumen when at least ``LUMEN_MIN_SOFT_RIM`` of the voxels just outside it in-plane are
+    soft tissue (below ``bone_hu``). Marrow of blood density sits inside cortex and trabecular
+    bone, so its rim is above the threshold almost everywhere.
+    """
+    out = np.zeros(hu.shape, dtype=bool)
+    dense = candidates & (hu < np.float32(BLOOD_MAX_HU))
+    box = bbox(dense, pad=2)
+    if box is None:
+        return out
+    sub_hu = hu[box]
+    sub = dense[box]
+    w = _odd_voxels(_LUMEN_CORE_MM[0], spacing_mm)
+    h = _odd_voxels(_LUMEN_CORE_MM[1], spacing_mm)
+    size = (h, w, w)
+    core = _erode(sub, size)
+    if not core.any():
+        return out
+    wide = _dilate(core, size) & sub
+    labels, n = cc3d.connected_components(wide, connectivity=6, return_N=True)
+    # the rim: voxels one step outside a region in-plane, each given the label next to it
+    grown = labels.copy()
+    for axis in (1, 2):
+        for shift in (1, -1):
+            nb = np.roll(labels, shift, axis=axis)
+            take = (grown == 0) & (nb > 0)
+            grown[take] = nb[take]
+    rim = (grown > 0) & (labels == 0)
+    rim_n = np.bincount(grown[rim], minlength=n + 1)
+    soft_n = np.bincount(grown[rim & (sub_hu < np.float32(bone_hu))], minlength=n + 1)
+    lumen = soft_n >= LUMEN_MIN_SOFT_RIM * np.maximum(rim_n, 1)
+    lumen[0] = False
+    # and it is a tube: longer along z than a vertebral body between two discs, or cut by the
+    # first or last slice of the scan
+    nz = hu.shape[0]
+    for lab, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None or not lumen[lab]:
+            continue
+        k0, k1 = sl[0].start + box[0].start, sl[0].stop + box[0].start
+        long_ = (k1 - k0) * spacing_mm >= LUMEN_MIN_LENGTH_MM
+        lumen[lab] = long_ or k0 == 0 or k1 == nz
+    if not lumen[1:].any():
+        return out
+    inside = lumen[grown]
+    out[box] = inside & (sub_hu < np.float32(BLOOD_MAX_HU))
+    return out
+
+
 def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
                     config: AnatomyConfig) -> Tissues:
     """Body, lungs, bone and metal from a working-grid CT (HU).
@@ -303,6 +392,10 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
         metal = (msz * voxel_ml >= config.metal_min_ml)[mlab]
     # -- bone: threshold, closing, marrow fill, size and peak checks, metal removed -----------
     bone = (hu >= config.bone_hu) & body & ~metal
+    # contrast-filled lumina lying against bone would merge with it: out before the closing,
+    # and again after it, so neither closing nor marrow fill bridges them back
+    lumina = contrast_lumina(hu, bone, spacing_mm, bone_hu=config.bone_hu)
+    bone &= ~lumina
     if config.bone_edge_fraction > 0.0:
         bone = _half_max_edge(bone, hu, config)
     c = _odd(config.bone_closing_mm / spacing_mm)
@@ -320,6 +413,7 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
             (area_cm2 <= config.fatty_marrow_max_cm2) & (mean <= config.fatty_marrow_max_hu))
         ok[0] = False
         bone = bone | ok[holes]
+    bone &= ~lumina
     if config.bone_edge_hu > config.bone_hu:
         # partial-volume rim: outer voxels that are mostly soft tissue
         edge = bone & ~_erode(bone, (1, 3, 3))

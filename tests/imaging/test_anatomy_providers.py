@@ -146,11 +146,12 @@ def test_rule_masks_on_the_real_dicom_series() -> None:
     bone_ref = np.isin(arr, [v for v, n in names.items()
                              if map_label_name(n).label is AnatomyLabel.BONE])
     bone = anatomy.mask(AnatomyLabel.BONE)
-    # most TotalSegmentator bone is found (~0.83: the half-maximum edge on the 3 mm working
-    # grid is thinner than its 0.98 mm labels); Dice is ~0.65 because this contrast CT's aorta
-    # touches the spine and the costal cartilages are calcified (docs/anatomy.md)
-    assert np.count_nonzero(bone & bone_ref) / bone_ref.sum() >= 0.80
-    assert 2.0 * np.count_nonzero(bone & bone_ref) / (bone.sum() + bone_ref.sum()) >= 0.62
+    # the edge is placed again at 0.98 mm and the contrast-filled aorta against the spine is
+    # kept out: Dice 0.74 (0.65 before), covering ~0.80 of TotalSegmentator's bone. Not the
+    # 0.85 of issue #4: calcified costal cartilage, discs and a one-voxel edge convention
+    # differ from its labels (docs/anatomy.md)
+    assert np.count_nonzero(bone & bone_ref) / bone_ref.sum() >= 0.77
+    assert 2.0 * np.count_nonzero(bone & bone_ref) / (bone.sum() + bone_ref.sum()) >= 0.72
     labelled, _ = fill_holes_per_slice(arr > 0)
     # the filled label union also bridges the arms (humeri are labelled) to the trunk
     assert np.count_nonzero(anatomy.mask(AnatomyLabel.BODY) & labelled) / labelled.sum() > 0.94

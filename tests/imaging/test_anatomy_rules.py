@@ -256,3 +256,47 @@ def test_to_reference_matches_simpleitk_nearest_neighbour_on_axis_aligned_grids(
         expect = sitk.GetArrayFromImage(sitk.Resample(img, ref_img, sitk.Transform(),
                                                       sitk.sitkNearestNeighbor, 0))
         assert np.array_equal(to_reference(arr, grid, ref), expect)
+
+
+def _spine_and_aorta(*, tube_hu: float, nz: int = 40) -> tuple[np.ndarray, np.ndarray,
+                                                                np.ndarray]:
+    """3 mm grid: soft-tissue trunk, vertebrae (900 HU cortex, 250 HU marrow, 30 mm tall,
+    6 mm discs) and a 24 mm tube of ``tube_hu`` lying against their anterior cortex."""
+    z, y, x = np.meshgrid(np.arange(nz) * 3.0, np.arange(-120, 120, 3.0) + 1.5,
+                          np.arange(-150, 150, 3.0) + 1.5, indexing="ij")
+    hu = np.full(z.shape, -1000.0, dtype=np.float32)
+    hu[(x / 140.0) ** 2 + (y / 110.0) ** 2 <= 1.0] = 40.0
+    disc = (z % 36.0) >= 30.0
+    r = np.hypot(x, y - 50.0)
+    vertebra = (r <= 18.0) & ~disc
+    hu[vertebra] = 250.0
+    hu[vertebra & (r > 14.0)] = 900.0
+    hu[(r <= 18.0) & disc] = 90.0
+    tube = np.hypot(x, y - 50.0 + 18.0 + 12.0) <= 12.0  # touches the cortex at y = 32 mm
+    hu[tube] = tube_hu
+    return hu, vertebra, tube
+
+
+@pytest.mark.parametrize("tube_hu", [200.0, 380.0])
+def test_contrast_filled_tube_against_a_vertebra_is_not_bone(tube_hu: float) -> None:
+    from imaging.anatomy.tissues import segment_tissues
+
+    hu, vertebra, tube = _spine_and_aorta(tube_hu=tube_hu)
+    bone = segment_tissues(hu, 3.0, config=AnatomyConfig()).bone
+    assert np.count_nonzero(bone & tube) <= 0.02 * tube.sum()
+    assert np.count_nonzero(bone & vertebra) >= 0.95 * vertebra.sum()
+
+
+def test_marrow_of_blood_density_inside_cortex_is_not_a_lumen() -> None:
+    from imaging.anatomy.tissues import contrast_lumina
+
+    hu, vertebra, tube = _spine_and_aorta(tube_hu=200.0)
+    lumina = contrast_lumina(hu, hu >= 120.0, 3.0, bone_hu=120.0)
+    assert not (lumina & vertebra).any()
+    assert np.count_nonzero(lumina & tube) >= 0.9 * tube.sum()
+    # a short blob of blood density (shorter than a vertebral body, inside the scan) is left to
+    # the bone rule's other checks
+    short = hu.copy()
+    short[:10] = 40.0
+    short[20:] = 40.0
+    assert not contrast_lumina(short, short >= 120.0, 3.0, bone_hu=120.0).any()

@@ -1,0 +1,104 @@
+"""The bone edge placed again on an output grid finer than the working grid.
+
+The bone rule runs on a coarse working grid (3 mm). Copied onto a finer output grid by nearest
+neighbour, a 3 mm outline is out by up to half a working voxel on every surface, which on thin
+ribs and cortex at 1 mm is as much bone as the bone itself: even TotalSegmentator's own bone
+map, averaged onto the 3 mm grid and copied back, keeps only Dice 0.85 on a 0.98 mm CT. Where
+the output grid is finer, the edge is placed again on the CT at that resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imaging.anatomy.model import AnatomyConfig
+from imaging.anatomy.tissues import _dilate, _max3, bbox, fill_holes_per_slice
+from imaging.resample import resample_to
+from imaging.volume import Volume, same_geometry
+
+__all__ = ["FINE_BONE_HU", "bone_on_reference", "refine_bone_edge"]
+
+#: bone threshold on a grid finer than the working grid (domain.md 3.1): the working grid's
+#: lower 120 HU makes up for its 3 mm partial volume, which a ~1 mm grid does not have
+FINE_BONE_HU = 150.0
+
+
+def bone_on_reference(bone: NDArray[np.bool_], ct: Volume, reference: Volume, *,
+                      config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Bone copied onto ``reference``, its edge placed again when that grid is finer.
+
+    Parameters
+    ----------
+    bone : ndarray of bool, shape of ``reference``
+        Working-grid bone copied onto ``reference`` by nearest neighbour.
+    ct : Volume
+        The CT (HU) the working grid was made from.
+    reference : Volume
+        The output grid.
+    config : AnatomyConfig
+        Working spacing and the bone rule's threshold and edge.
+
+    Returns
+    -------
+    ndarray of bool, shape of ``reference``
+        ``bone`` itself when some reference spacing reaches the working spacing (a PET grid,
+        a 3 mm CT); else :func:`refine_bone_edge` on the CT at the reference resolution.
+    """
+    if max(reference.spacing) >= config.working_spacing_mm or not bone.any():
+        return bone
+    if same_geometry(ct, reference):
+        hu = np.asarray(ct.array, dtype=np.float32)
+    else:
+        hu = np.asarray(resample_to(ct, reference, interpolation="linear", fill=-1024.0).array,
+                        dtype=np.float32)
+    return refine_bone_edge(bone, hu, reference.spacing,
+                            work_spacing_mm=config.working_spacing_mm,
+                            bone_hu=max(config.bone_hu, FINE_BONE_HU),
+                            edge_soft_hu=config.bone_edge_soft_hu,
+                            edge_fraction=config.bone_edge_fraction)
+
+
+def refine_bone_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
+                     spacing_mm: tuple[float, float, float], *, work_spacing_mm: float,
+                     bone_hu: float, edge_soft_hu: float, edge_fraction: float,
+                     ) -> NDArray[np.bool_]:
+    """Place the edge of a coarse bone mask again on a finer grid.
+
+    Parameters
+    ----------
+    bone : ndarray of bool, shape (K, J, I)
+        Bone from the working grid, copied onto this grid by nearest neighbour.
+    hu : ndarray, shape (K, J, I)
+        The CT on this grid (HU).
+    spacing_mm : tuple of float
+        Voxel size along k, j, i (mm).
+    work_spacing_mm : float
+        Spacing of the grid ``bone`` was made on.
+    bone_hu, edge_soft_hu, edge_fraction : float
+        The bone rule's threshold and half-maximum edge (see ``AnatomyConfig``).
+
+    Returns
+    -------
+    ndarray of bool, shape (K, J, I)
+        Within one working voxel of the coarse mask, bone is where the CT reaches the
+        threshold and the local half-maximum level (the edge rule of the working grid, at this
+        resolution); the holes of a slice that lie in the coarse mask (marrow) are filled.
+    """
+    box = bbox(bone, pad=max(int(np.ceil(work_spacing_mm / min(spacing_mm))), 1) + 1)
+    if box is None:
+        return bone
+    sub = bone[box]
+    sub_hu = hu[box]
+    size = tuple(2 * max(1, int(np.ceil(work_spacing_mm / s))) + 1 for s in spacing_mm)
+    size3 = (size[0], size[1], size[2])
+    outer = _dilate(sub, size3)
+    peak = _max3(sub_hu)
+    soft = np.float32(edge_soft_hu)
+    level = np.maximum(np.float32(bone_hu), soft + np.float32(edge_fraction) * (peak - soft))
+    fine = outer & (sub_hu >= level)
+    _, holes = fill_holes_per_slice(fine)
+    fine |= (holes > 0) & sub
+    out = bone.copy()
+    out[box] = fine
+    return out
