@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "qPSMA split": LesionConfig.preset("qpsma"),
         "PERCIST": LesionConfig.preset("percist"),
         "SUV 3 + 41% isocontour": LesionConfig.preset("suv3-iso41"),
+        "SUV 3 + iterative isocontour (ITM)": LesionConfig.preset("suv3-itm"),
         "SUV 3 + split": LesionConfig.preset("suv3-split"),
     }
     with open("/proc/loadavg") as fh:

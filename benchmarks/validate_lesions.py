@@ -48,7 +48,7 @@ PHYSIOLOGICAL = (
     AnatomyLabel.LIVER, AnatomyLabel.SPLEEN, AnatomyLabel.GALLBLADDER,
 )
 DEFAULT_METHODS = ["suv3", "suv2.5", "suv4", "percist", "qpsma", "qpsma-percist", "suv3-iso41",
-                   "suv3-iso50", "suv3-split"]
+                   "suv3-iso50", "suv3-itm", "suv3-split"]
 
 
 RICH_SITES = ["fossa", "node_external_iliac", "node_internal_iliac", "node_obturator",

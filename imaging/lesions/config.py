@@ -86,6 +86,18 @@ class LesionConfig:
         ``False`` gives the plain ``fraction x SUVmax``.
     isocontour_margin_mm : float
         The refined lesion may grow at most this far beyond the thresholded component [D].
+    isocontour_iterative : bool
+        Iterative thresholding method (ITM, Jentzen et al., J Nucl Med 2007;48:108-114): the
+        background-corrected fraction follows the lesion volume through a calibration curve
+        ``f(V)`` computed for the image's PSF and voxel grid (uniform spheres blurred by a
+        Gaussian PSF of ``psf_fwhm_mm``, or of the PSF fitted on a hot organ), iterating
+        ``volume -> fraction -> volume`` from ``isocontour_fraction`` until the volume no longer
+        changes. Within organ-adaptive zones the region stays above the organ's own noise bound
+        ``centre + k x spread`` instead of the detection threshold. Needs
+        ``isocontour_fraction`` (the starting fraction) [R].
+    isocontour_max_iterations : int
+        Segmentations per lesion at most in the iterative method; a lesion whose volume still
+        changes then keeps the last one and ``LesionResult.notes`` says so [D].
     split : bool
         Split touching lesions at SUV local maxima (marker-based watershed) [D].
     split_prominence_suv : float
@@ -194,6 +206,8 @@ class LesionConfig:
     isocontour_fraction: float | None = None
     isocontour_margin_mm: float = 10.0
     isocontour_background: bool = True
+    isocontour_iterative: bool = False
+    isocontour_max_iterations: int = 20
     split: bool = False
     split_prominence_suv: float = 1.0
     min_volume_ml: float = 0.1
@@ -249,6 +263,22 @@ class LesionConfig:
             raise ConfigError(
                 f"isocontour_fraction must be in (0, 1) (e.g. 0.41 or 0.50) or None, got "
                 f"{self.isocontour_fraction!r}."
+            )
+        if not isinstance(self.isocontour_iterative, bool):
+            raise ConfigError(
+                f"isocontour_iterative must be true or false, got {self.isocontour_iterative!r}."
+            )
+        if self.isocontour_iterative and self.isocontour_fraction is None:
+            raise ConfigError(
+                "isocontour_iterative needs isocontour_fraction as its starting fraction (e.g. "
+                "0.41); set both, or switch the iterative method off."
+            )
+        if (isinstance(self.isocontour_max_iterations, bool)
+                or not isinstance(self.isocontour_max_iterations, int)
+                or self.isocontour_max_iterations < 2):
+            raise ConfigError(
+                f"isocontour_max_iterations must be an integer >= 2, got "
+                f"{self.isocontour_max_iterations!r}."
             )
         if not 0.0 < self.parotid_isocontour < 1.0:
             raise ConfigError(
@@ -320,7 +350,9 @@ class LesionConfig:
             text = "PERCIST liver"
         else:
             text = f"qPSMA split (bone {self.bone_threshold_suv:g}, soft {self.soft_tissue_rule})"
-        if self.isocontour_fraction is not None:
+        if self.isocontour_iterative:
+            text += " + iterative isocontour (ITM)"
+        elif self.isocontour_fraction is not None:
             text += f" + {round(self.isocontour_fraction * 100):d}% isocontour"
         if self.split:
             text += " + split"
@@ -356,6 +388,8 @@ PRESETS: dict[str, LesionConfig] = {
     "suv3-iso41": LesionConfig(method="fixed", threshold_suv=3.0, isocontour_fraction=0.41),
     "suv3-iso50": LesionConfig(method="fixed", threshold_suv=3.0, isocontour_fraction=0.50),
     "suv3-split": LesionConfig(method="fixed", threshold_suv=3.0, split=True),
+    "suv3-itm": LesionConfig(method="fixed", threshold_suv=3.0, isocontour_fraction=0.41,
+                             isocontour_iterative=True),
 }
 """Named configurations compared in ``docs/lesions.md`` (``benchmarks/validate_lesions.py``)."""
 

@@ -25,6 +25,7 @@ import cc3d
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
+from scipy.optimize import minimize_scalar
 from skimage.morphology import h_maxima as _sk_h_maxima
 from skimage.segmentation import watershed as _sk_watershed
 
@@ -33,6 +34,7 @@ from imaging.lesions._geometry import Zones, ball_offsets, bbox_slices
 from imaging.lesions.config import LesionConfig
 from imaging.lesions.measures import LesionMeasures, measure_lesions, mipsma, overlap_dict
 from imaging.lesions.reference import ReferenceValues, measure_reference_regions
+from imaging.lesions.volume import ThresholdCurve, iterative_threshold, sphere_threshold_curve
 from imaging.vocabulary import AnatomyLabel
 from imaging.volume import Volume, same_geometry
 
@@ -411,13 +413,19 @@ def _isocontour(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
     config: LesionConfig, zones: Zones, excluded: Mapping[AnatomyLabel, float],
     organ_floor: list[tuple[AnatomyLabel, float]], spacing: tuple[float, float, float],
-    spill: _Spill,
-) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
+    spill: _Spill, curve: ThresholdCurve | None = None,
+    organ_centre: Mapping[AnatomyLabel, float] | None = None,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int, int]:
     """Replace each component by the voxels >= its isocontour level connected to its maximum.
 
     Level = ``B + fraction x (SUVmax - B)`` with ``B`` the median SUV of the surrounding ring
     (background-adapted, as the EANM guideline's A50%) or ``B = 0`` (plain % of SUVmax), both on
-    the image with the modelled organ halo removed.
+    the image with the modelled organ halo removed. With a calibration ``curve`` the fraction is
+    found by iterative thresholding (:func:`imaging.lesions.volume.iterative_threshold`).
+    Returns the new voxels, labels, lesion count and the number of lesions whose iteration
+    did not converge. With ``organ_centre`` an organ floor holds only where the organ's typical
+    uptake reaches the lesion's starting level (otherwise the organ's tissue lies below the
+    isocontour anyway, and the floor would only cut the lesion's own edge).
 
     The region may grow up to ``isocontour_margin_mm`` beyond the component, never into the
     excluded zone, and within organ-adaptive zones never below the organ threshold. Lesions are
@@ -435,10 +443,12 @@ def _isocontour(
     maxima = vals[order[starts]]
     margin_vox = np.ceil(config.isocontour_margin_mm / np.asarray(spacing)).astype(int)
     grow = ball_offsets(config.isocontour_margin_mm, spacing)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     taken = np.zeros(shape, dtype=bool) if n else np.zeros((1, 1, 1), dtype=bool)
     out_fg: list[NDArray[np.intp]] = []
     out_lab: list[NDArray[np.intp]] = []
     next_id = 1
+    unconverged = 0
     for c in np.argsort(-maxima, kind="stable"):
         members = order[starts[c]:stops[c]]
         pts = coords[members]
@@ -456,33 +466,51 @@ def _isocontour(
         allowed &= ~taken[box]
         for organ in excluded:
             allowed &= ~zones.crop(organ, excluded[organ], box)
-        floor = np.zeros(sub.shape)
-        for organ, t_org in organ_floor:
-            zone = zones.crop(organ, config.adaptive_margin_mm, box)
-            floor[zone] = np.maximum(floor[zone], t_org)
         top = float(res[tuple(peak - lo)])
         background = 0.0
         if config.isocontour_background:
             ring = allowed & ~comp
             if ring.any():
                 background = min(float(np.median(res[ring])), top)
-        level = background + frac * (top - background)
+        floor = np.zeros(sub.shape)
+        for organ, t_org in organ_floor:
+            if (organ_centre is not None
+                    and organ_centre[organ] < background + frac * (top - background)):
+                continue
+            zone = zones.crop(organ, config.adaptive_margin_mm, box)
+            floor[zone] = np.maximum(floor[zone], t_org)
         # Voxels hotter than the lesion's own maximum belong to another structure.
-        region = allowed & (res >= level) & (sub <= float(maxima[c])) & (sub >= floor)
-        region[tuple(peak - lo)] = True
-        cc = _cc3d.connected_components(region, connectivity=config.connectivity)
-        keep = cc == cc[tuple(peak - lo)]
+        allowed &= (sub <= float(maxima[c])) & (sub >= floor)
+        if curve is not None:
+            pk = peak - lo
+            itm = iterative_threshold(res, (int(pk[0]), int(pk[1]), int(pk[2])),
+                                      background=background, curve=curve, start_fraction=frac,
+                                      allowed=allowed, connectivity=config.connectivity,
+                                      max_iterations=config.isocontour_max_iterations)
+            keep = itm.mask
+            unconverged += not itm.converged
+            if np.count_nonzero(keep) * voxel_ml < config.min_volume_ml * (1 - 1e-9):
+                # refinement reshapes a found lesion, never removes it: the calibrated fraction
+                # of a lesion below the curve's range can leave a single voxel
+                keep = comp & ~taken[box]
+                keep[tuple(pk)] = True
+        else:
+            level = background + frac * (top - background)
+            region = allowed & (res >= level)
+            region[tuple(peak - lo)] = True
+            cc = _cc3d.connected_components(region, connectivity=config.connectivity)
+            keep = cc == cc[tuple(peak - lo)]
         kk = np.argwhere(keep) + lo
         taken[tuple(kk.T)] = True
         out_fg.append(np.ravel_multi_index(tuple(kk.T), shape))
         out_lab.append(np.full(len(kk), next_id, dtype=np.intp))
         next_id += 1
     if not out_fg:
-        return np.zeros(0, np.intp), np.zeros(0, np.intp), 0
+        return np.zeros(0, np.intp), np.zeros(0, np.intp), 0, unconverged
     new_fg = np.concatenate(out_fg)
     new_lab = np.concatenate(out_lab)
     srt = np.argsort(new_fg, kind="stable")
-    return new_fg[srt].astype(np.intp), new_lab[srt], next_id - 1
+    return new_fg[srt].astype(np.intp), new_lab[srt], next_id - 1, unconverged
 
 
 # -- the finder -------------------------------------------------------------------------------
@@ -555,6 +583,7 @@ def find_lesions(
     zones = Zones(dict(masks), suv.spacing)
     margin_mm = config.adaptive_margin_mm
     organ_floor: list[tuple[AnatomyLabel, float]] = []
+    organ_noise: list[tuple[AnatomyLabel, float, float, float]] = []  # centre, k, spread
     for organ in config.adaptive_organs:
         m = masks.get(organ)
         if m is None:
@@ -575,6 +604,7 @@ def find_lesions(
         t_org = max(t_bone if organ is AnatomyLabel.BONE else t_soft, centre + k * spread)
         thresholds[f"organ:{organ.value}"] = float(t_org)
         organ_floor.append((organ, t_org))
+        organ_noise.append((organ, centre, k, spread))
         near = zones.hits(organ, ccoords, margin_mm)
         thr = np.where(near, np.maximum(thr, t_org), thr)
     keep = cvals >= thr
@@ -624,8 +654,21 @@ def find_lesions(
     if config.split and n:
         lab, n = _split_components(arr, fg, lab, n, config)
     if config.isocontour_fraction is not None and n:
-        fg, lab, n = _isocontour(arr, fg, lab, n, config, zones, margins, organ_floor,
-                                 suv.spacing, spill)
+        curve = None
+        floors = organ_floor
+        centres: dict[AnatomyLabel, float] | None = None
+        if config.isocontour_iterative:
+            curve, how_itm = _itm_curve(config, thresholds, suv.spacing)
+            notes.append(how_itm)
+            if curve is not None:
+                floors = [(o, c + k * sd) for o, c, k, sd in organ_noise]
+                centres = {o: c for o, c, _, _ in organ_noise}
+        fg, lab, n, unconverged = _isocontour(arr, fg, lab, n, config, zones, margins, floors,
+                                              suv.spacing, spill, curve, centres)
+        if unconverged:
+            notes.append(f"iterative thresholding did not converge within "
+                         f"{config.isocontour_max_iterations} steps for {unconverged} "
+                         "lesion(s): their last segmentation is kept")
         fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
     if n > _MAX_LABEL:
         raise LesionError(
@@ -677,6 +720,24 @@ def find_lesions(
                 sum(les.equivocal for les in lesions), how)
     return LesionResult(suv.with_array(labels, unit="label"), lesions, reference, thresholds,
                         config, mask_names, tuple(notes))
+
+
+def _itm_curve(
+    config: LesionConfig, thresholds: Mapping[str, float], spacing: tuple[float, float, float],
+) -> tuple[ThresholdCurve | None, str]:
+    """Calibration curve of the iterative thresholding method, and how its PSF was chosen."""
+    if config.psf_fwhm_mm is not None:
+        fwhm, source = config.psf_fwhm_mm, "psf_fwhm_mm"
+    elif "psf_fwhm_mm_refined" in thresholds:
+        fwhm, source = thresholds["psf_fwhm_mm_refined"], "fitted on a hot excluded organ"
+    elif "psf_fwhm_mm" in thresholds:
+        fwhm, source = thresholds["psf_fwhm_mm"], "fitted on a hot excluded organ"
+    else:
+        return None, ("iterative thresholding needs the PSF, which is neither set "
+                      "(psf_fwhm_mm) nor fitted (no hot excluded organ): the fixed "
+                      f"{config.isocontour_fraction:g} isocontour is used instead")
+    return (sphere_threshold_curve(fwhm, spacing),
+            f"iterative thresholding calibrated for a {fwhm:.1f} mm PSF ({source})")
 
 
 def _drop_small(
@@ -839,7 +900,7 @@ class _Spill:
 def _fit_spill(
     arr: NDArray[np.floating], zones: Zones, organ: AnatomyLabel,
     spacing: tuple[float, float, float], *, sigmas_mm: Sequence[float], reach_mm: float,
-    others: Sequence[AnatomyLabel],
+    others: Sequence[AnatomyLabel], refined: dict[str, float] | None = None,
 ) -> tuple[NDArray[np.intp], NDArray[np.float64], float, float] | None:
     """Fit ``SUV = a * (G_sigma * mask) + b`` in the shell around an organ (within ``reach_mm``).
 
@@ -847,7 +908,9 @@ def _fit_spill(
     (robust: two passes dropping residuals beyond 3 MAD, so lesions next to the organ do not
     drive the fit). Voxels of ``others`` masks are left out of the shell. Returns the crop
     origin, the spill ``a * G_sigma * mask`` outside the organ (0 inside), ``a`` and sigma, or
-    ``None`` if the organ is absent or the fit is not usable.
+    ``None`` if the organ is absent or the fit is not usable. With ``refined`` given, sigma is
+    also refined continuously within half a millimetre of the best grid value (on the best
+    fit's inliers) and stored as ``refined["sigma_mm"]``; the spill keeps the grid value.
     """
     box = zones.bbox(organ)
     mask = zones.mask(organ)
@@ -871,7 +934,7 @@ def _fit_spill(
     if np.count_nonzero(shell) < 20:
         return None
     ys = y[shell]
-    best: tuple[float, float, float, float, NDArray[np.float64]] | None = None
+    best: tuple[float, float, float, float, NDArray[np.float64], NDArray[np.bool_]] | None = None
     for sigma in sigmas_mm:
         g = ndimage.gaussian_filter(mf, [sigma / sp for sp in spacing], mode="constant")
         gs = g[shell]
@@ -887,11 +950,20 @@ def _fit_spill(
             use = inliers
         sse = float(np.mean(resid[use] ** 2))
         if best is None or sse < best[0]:
-            best = (sse, float(coef[0]), float(coef[1]), float(sigma), g)
+            best = (sse, float(coef[0]), float(coef[1]), float(sigma), g, use)
     assert best is not None
-    _, a, _, sigma, g = best
+    _, a, _, sigma, g, use = best
     if a <= 0:
         return None
+    if refined is not None:
+        def cost(s: float) -> float:
+            gs = ndimage.gaussian_filter(mf, [s / sp for sp in spacing], mode="constant")[shell]
+            design = np.stack([gs[use], np.ones(int(use.sum()))], axis=1)
+            _, res, *_ = np.linalg.lstsq(design, ys[use], rcond=None)
+            return float(res[0]) if res.size else 0.0
+        opt = minimize_scalar(cost, bounds=(max(sigma - 0.5, 0.5), sigma + 0.5),
+                              method="bounded", options={"xatol": 0.02})
+        refined["sigma_mm"] = float(opt.x)
     spill = a * g
     spill[m] = 0.0
     return lo, spill, a, sigma
@@ -923,12 +995,15 @@ def _model_spill(
             b = zones.bbox(o)
             return int(np.prod([s.stop - s.start for s in b])) if b else 0
         probe = min(hot, key=size)
+        refined: dict[str, float] | None = {} if config.isocontour_iterative else None
         fit = _fit_spill(arr, zones, probe, spacing, sigmas_mm=(1.5, 2.0, 2.5, 3.0, 3.5, 4.5),
-                         reach_mm=reach, others=others)
+                         reach_mm=reach, others=others, refined=refined)
         if fit is None:
             return
         sigmas = [fit[3]]
         reach = max(reach, 4.0 * fit[3])
+        if refined:  # the iterative isocontour's calibration needs the PSF more finely
+            record["psf_fwhm_mm_refined"] = refined["sigma_mm"] * 2.3548
     record["psf_fwhm_mm"] = float(sigmas[0] * 2.3548)
     for organ in hot:
         fit = _fit_spill(arr, zones, organ, spacing, sigmas_mm=sigmas, reach_mm=reach,
