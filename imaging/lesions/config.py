@@ -95,6 +95,12 @@ class LesionConfig:
         changes. Within organ-adaptive zones the region stays above the organ's own noise bound
         ``centre + k x spread`` instead of the detection threshold. Needs
         ``isocontour_fraction`` (the starting fraction) [R].
+    isocontour_sphere_fit : bool
+        After the iterative method, fit a uniform sphere blurred by the PSF on a linear
+        background to the lesion's patch (least squares; Kessler et al., J Comput Assist Tomogr
+        1984;8:514-522; Chen et al., J Nucl Med 1999;40:118-130) and keep the isocontour whose
+        voxel count holds the fitted sphere's volume; the threshold segmentation stays where
+        the fit fails. Needs ``isocontour_iterative`` (its PSF and starting radius) [D].
     isocontour_max_iterations : int
         Segmentations per lesion at most in the iterative method; a lesion whose volume still
         changes then keeps the last one and ``LesionResult.notes`` says so [D].
@@ -208,6 +214,7 @@ class LesionConfig:
     isocontour_background: bool = True
     isocontour_iterative: bool = False
     isocontour_max_iterations: int = 20
+    isocontour_sphere_fit: bool = False
     split: bool = False
     split_prominence_suv: float = 1.0
     min_volume_ml: float = 0.1
@@ -272,6 +279,15 @@ class LesionConfig:
             raise ConfigError(
                 "isocontour_iterative needs isocontour_fraction as its starting fraction (e.g. "
                 "0.41); set both, or switch the iterative method off."
+            )
+        if not isinstance(self.isocontour_sphere_fit, bool):
+            raise ConfigError(
+                f"isocontour_sphere_fit must be true or false, got {self.isocontour_sphere_fit!r}."
+            )
+        if self.isocontour_sphere_fit and not self.isocontour_iterative:
+            raise ConfigError(
+                "isocontour_sphere_fit needs isocontour_iterative = true (the fit takes its PSF "
+                "and starting radius from the iterative method); set both."
             )
         if (isinstance(self.isocontour_max_iterations, bool)
                 or not isinstance(self.isocontour_max_iterations, int)
@@ -352,6 +368,8 @@ class LesionConfig:
             text = f"qPSMA split (bone {self.bone_threshold_suv:g}, soft {self.soft_tissue_rule})"
         if self.isocontour_iterative:
             text += " + iterative isocontour (ITM)"
+            if self.isocontour_sphere_fit:
+                text += " + sphere fit"
         elif self.isocontour_fraction is not None:
             text += f" + {round(self.isocontour_fraction * 100):d}% isocontour"
         if self.split:

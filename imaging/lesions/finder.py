@@ -34,7 +34,12 @@ from imaging.lesions._geometry import Zones, ball_offsets, bbox_slices
 from imaging.lesions.config import LesionConfig
 from imaging.lesions.measures import LesionMeasures, measure_lesions, mipsma, overlap_dict
 from imaging.lesions.reference import ReferenceValues, measure_reference_regions
-from imaging.lesions.volume import ThresholdCurve, iterative_threshold, sphere_threshold_curve
+from imaging.lesions.volume import (
+    ThresholdCurve,
+    fit_blurred_sphere,
+    iterative_threshold,
+    sphere_threshold_curve,
+)
 from imaging.vocabulary import AnatomyLabel
 from imaging.volume import Volume, same_geometry
 
@@ -445,6 +450,8 @@ def _isocontour(
     grow = ball_offsets(config.isocontour_margin_mm, spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     taken = np.zeros(shape, dtype=bool) if n else np.zeros((1, 1, 1), dtype=bool)
+    busy = np.zeros(shape, dtype=bool) if n else np.zeros((1, 1, 1), dtype=bool)
+    busy.reshape(-1)[fg] = True  # every component: no lesion is part of another's fit
     out_fg: list[NDArray[np.intp]] = []
     out_lab: list[NDArray[np.intp]] = []
     next_id = 1
@@ -489,6 +496,13 @@ def _isocontour(
                                       max_iterations=config.isocontour_max_iterations)
             keep = itm.mask
             unconverged += not itm.converged
+            if config.isocontour_sphere_fit:
+                # the fit may use every voxel but other lesions' and hotter structures'
+                use = ~(busy[box] & ~comp) & ~taken[box] & (sub <= float(maxima[c]))
+                keep = _sphere_fit_mask(res, keep, (int(pk[0]), int(pk[1]), int(pk[2])),
+                                        allowed=allowed, use=use, spacing=spacing,
+                                        fwhm_mm=curve.fwhm_mm,
+                                        connectivity=config.connectivity)
             if np.count_nonzero(keep) * voxel_ml < config.min_volume_ml * (1 - 1e-9):
                 # refinement reshapes a found lesion, never removes it: the calibrated fraction
                 # of a lesion below the curve's range can leave a single voxel
@@ -720,6 +734,47 @@ def find_lesions(
                 sum(les.equivocal for les in lesions), how)
     return LesionResult(suv.with_array(labels, unit="label"), lesions, reference, thresholds,
                         config, mask_names, tuple(notes))
+
+
+def _sphere_fit_mask(
+    res: NDArray[np.float64], mask: NDArray[np.bool_], peak: tuple[int, int, int], *,
+    allowed: NDArray[np.bool_], use: NDArray[np.bool_], spacing: tuple[float, float, float],
+    fwhm_mm: float, connectivity: int,
+) -> NDArray[np.bool_]:
+    """The isocontour of ``res`` connected to ``peak`` whose voxel count holds the volume of a
+    blurred sphere fitted to the patch (:func:`imaging.lesions.volume.fit_blurred_sphere`).
+
+    The threshold ``mask`` gives the starting radius and is kept when the fit cannot be made
+    (too few usable voxels) or fails (radius at a bound, non-positive contrast). The level is
+    found by bisection over the sorted values of the allowed voxels; the peak always stays.
+    """
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    r0_mm = (3.0 * np.count_nonzero(mask) * voxel_ml * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    try:
+        fit = fit_blurred_sphere(res, peak, spacing=spacing, fwhm_mm=fwhm_mm, radius_mm=r0_mm,
+                                 use=use)
+    except LesionError:  # patch too small for the model: the threshold segmentation stays
+        return mask
+    if not fit.success:
+        return mask
+    target = fit.volume_ml / voxel_ml
+    values = np.sort(res[allowed])[::-1]
+    lo, hi = 0, len(values) - 1
+    best = mask
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        region = allowed & (res >= values[mid])
+        region[peak] = True
+        cc = _cc3d.connected_components(region, connectivity=connectivity)
+        best = cc == cc[peak]
+        count = np.count_nonzero(best)
+        if count < target:
+            lo = mid + 1
+        elif count > target:
+            hi = mid - 1
+        else:
+            break
+    return best
 
 
 def _itm_curve(
