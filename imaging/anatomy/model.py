@@ -151,8 +151,8 @@ class AnatomyConfig:
     bowel_hu: tuple[float, float] = (-150.0, 200.0)
     bowel_min_ml: float = 10.0
     bowel_min_tubularity: float = 2.0
-    bowel_peak_ratio: float = 2.0
-    bowel_band_peak_ratio: float = 1.4
+    bowel_peak_ratio: float | None = None
+    bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
     bowel_focus_max_mm: float = 15.0
     bowel_core_max_ml: float = 12.0
@@ -176,6 +176,7 @@ class AnatomyConfig:
     ureter_chain_step_mm: float = 50.0
     ureter_chain_slope: float = 1.0
     ureter_bolus_max_ml: float = 1.0
+    ureter_hilum_mm: float = 15.0
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
     gallbladder_hu: tuple[float, float] = (-20.0, 22.0)
     gallbladder_reach_mm: float = 20.0

@@ -735,32 +735,20 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         ok = (count * voxel_ml >= config.bowel_min_ml) & (tubular | with_gas)
         ok[0] = False
         loops = ok[lab]
-    # lesion cores inside a loop stay out of the mask (with a one-voxel rim): voxels above
-    # bowel_peak_ratio x the loop's local level; inside the nodal band already above
-    # bowel_band_peak_ratio x (with a two-voxel rim), so a node beside a loop survives
-    # local loop level: the loop's mean uptake over a cube wider than a node, so a focus on a
-    # loop stands above it
-    level = np.full(loops.shape, np.inf, dtype=np.float32)
-    lbox = bbox(loops, pad=1)
-    if lbox is not None:
-        w = max(3, 2 * round(config.bowel_focus_max_mm / s / 2) + 1)
-        inside = loops[lbox].astype(np.float32)
-        num = ndi.uniform_filter(pet_c[lbox] * inside, size=w, mode="nearest")
-        den = ndi.uniform_filter(inside, size=w, mode="nearest")
-        level[lbox] = np.maximum(num / np.maximum(den, 1e-3), config.bowel_suv)
-    pet_raw = pet[zsl]
-    core = _compact_parts(loops & (pet_raw > config.bowel_peak_ratio * level), s,
-                          config.bowel_core_max_ml, config.bowel_min_tubularity)
-    band_core = loops & keep_out & (pet_raw > config.bowel_band_peak_ratio * level)
-    # a focus is more than one noisy voxel: at least 3 such voxels in its 3x3x3 neighbourhood
-    band_core &= ndi.uniform_filter(band_core.astype(np.float32), size=3) * 27.0 >= 2.5
-    band_core = _compact_parts(band_core, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
-    core = box_dilate(core, 1) | (box_dilate(band_core, config.bowel_band_rim) & keep_out)
+    # optional: lesion cores inside a loop stay out of the mask (bowel_peak_ratio), voxels above
+    # that ratio x the loop's local level (its mean uptake over a cube wider than a node); inside
+    # the nodal band already above bowel_band_peak_ratio x (with a bowel_band_rim rim). Off by
+    # default: a loop's blurred profile peaks on its axis, so loop segments pass as "cores" and
+    # come back as false-positive nodes, while a node beside a loop is kept by the lesion
+    # finder's hotter-than-the-organ rule (docs/anatomy.md)
+    core = np.zeros_like(loops)
+    if config.bowel_peak_ratio is not None or config.bowel_band_peak_ratio is not None:
+        core = _loop_cores(loops, pet_c, pet[zsl], keep_out, s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
             & (hu_c <= config.bowel_wall_hu[1])) | gas
-    if wall.any():
+    if wall.any() and config.bowel_peak_ratio is not None:
         ref = float(np.median(pet_c[wall]))
         core |= wall & (pet_c > max(config.bowel_peak_ratio * ref, config.bowel_suv))
     mask = (loops | wall) & ~core
@@ -773,8 +761,43 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
                        f"abdominal-cavity loops: uniform SUV >= {config.bowel_suv:g} components "
                        f">= {config.bowel_min_ml:g} mL, and gas ({config.bowel_gas_hu:g} HU) with "
                        f"the wall / content around it; para-aortic band, psoas and pelvic side "
-                       "walls kept out (nodal stations); focal cores above "
-                       f"{config.bowel_peak_ratio:g} x the loop's SUV left out")
+                       "walls kept out (nodal stations)"
+                       + ("" if config.bowel_peak_ratio is None else
+                          f"; focal cores above {config.bowel_peak_ratio:g} x the loop's SUV "
+                          "left out"))
+
+
+def _loop_cores(loops: NDArray[np.bool_], pet_c: NDArray[np.float32],
+                pet_raw: NDArray[np.float32], keep_out: NDArray[np.bool_], s: float,
+                config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Focal parts of the loops hotter than the loop around them (kept out of the bowel mask).
+
+    Voxels above ``bowel_peak_ratio`` x the loop's local level (its mean uptake over a cube of
+    ``bowel_focus_max_mm``) that form focal parts (at most ``bowel_core_max_ml``, not tubular),
+    with a one-voxel rim; inside the nodal band ``keep_out`` already above
+    ``bowel_band_peak_ratio`` x (at least three such voxels together, ``bowel_band_rim`` rim).
+    """
+    core = np.zeros_like(loops)
+    lbox = bbox(loops, pad=1)
+    if lbox is None:
+        return core
+    level = np.full(loops.shape, np.inf, dtype=np.float32)
+    w = max(3, 2 * round(config.bowel_focus_max_mm / s / 2) + 1)
+    inside = loops[lbox].astype(np.float32)
+    num = ndi.uniform_filter(pet_c[lbox] * inside, size=w, mode="nearest")
+    den = ndi.uniform_filter(inside, size=w, mode="nearest")
+    level[lbox] = np.maximum(num / np.maximum(den, 1e-3), config.bowel_suv)
+    if config.bowel_peak_ratio is not None:
+        core = box_dilate(_compact_parts(loops & (pet_raw > config.bowel_peak_ratio * level), s,
+                                         config.bowel_core_max_ml,
+                                         config.bowel_min_tubularity), 1)
+    if config.bowel_band_peak_ratio is not None:
+        band = loops & keep_out & (pet_raw > config.bowel_band_peak_ratio * level)
+        # a focus is more than one noisy voxel: at least 3 such voxels in its 3x3x3 neighbourhood
+        band &= ndi.uniform_filter(band.astype(np.float32), size=3) * 27.0 >= 2.5
+        band = _compact_parts(band, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+        core |= box_dilate(band, config.bowel_band_rim) & keep_out
+    return core
 
 
 def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: PelvisFrame,
@@ -790,7 +813,8 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     else:
         sym = frame.landmarks[Landmark.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
         bz = sym[2] if sym is not None else float(zs[0])
-    zsl = _z_slice(grid, bz, kz)
+    # up to the hilum's upper lip: the ureteropelvic junction lies about the kidney's middle
+    zsl = _z_slice(grid, bz, kz + config.ureter_hilum_mm)
     if zsl is None:
         return OrganResult(None, 0.0, "no slices between the kidneys and the bladder")
     s = grid.spacing_mm
@@ -834,6 +858,7 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
         length >= config.ureter_min_elongation * width)
     ok[0] = False
     ok |= _on_ureter_course(lab, n, cnt, mean, ok, grid, frame.x_mid_mm, config)
+    ok |= _at_renal_hilum(lab, n, cnt, mean, kidneys[zsl], grid, frame.x_mid_mm, config)
     if not ok.any():
         return OrganResult(None, 0.0, f"no elongated SUV >= {config.ureter_suv:g} track "
                            f"(>= {config.ureter_min_length_mm:g} mm, length / width >= "
@@ -847,6 +872,36 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                        "and the bladder, and the short boluses (<= "
                        f"{config.ureter_bolus_max_ml:g} mL) that line up along z in chains "
                        "(equivocal, domain.md 3.1)")
+
+
+def _at_renal_hilum(lab: NDArray[Any], n: int, count: NDArray[np.float64],
+                    centre: NDArray[np.float64], kidneys: NDArray[np.bool_], grid: WorkGrid,
+                    x_mid: float, config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Short hot components at a renal hilum: the renal pelvis emptying into the ureter.
+
+    The ureter leaves the renal pelvis at the hilum, on the kidney's medial side, and its first
+    centimetres are often the hottest of its course. A candidate of at most
+    ``ureter_bolus_max_ml`` with a voxel within ``ureter_hilum_mm`` of a kidney, its centre
+    medial to that kidney's centre but lateral to the midline, is ureter. Para-aortic nodes lie
+    against the aorta, medial to this zone.
+    """
+    s = grid.spacing_mm
+    out = np.zeros(n + 1, dtype=bool)
+    if not kidneys.any():
+        return out
+    near = np.zeros(n + 1, dtype=bool)
+    near[np.unique(lab[box_dilate(kidneys, max(1, round(config.ureter_hilum_mm / s)))])] = True
+    x = grid.x_mm()
+    cx = float(x[0]) + centre[:, 2]
+    for sign in (1.0, -1.0):
+        side = (sign * (x - x_mid) > 0)[None, None, :] & kidneys
+        if not side.any():
+            continue
+        kx = float(x[np.nonzero(side)[2]].mean())
+        medial = (sign * (cx - x_mid) > 0) & (sign * (cx - kx) < 0)
+        out |= near & medial & (count * s**3 / 1000.0 <= config.ureter_bolus_max_ml)
+    out[0] = False
+    return out
 
 
 def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
