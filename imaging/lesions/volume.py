@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import cc3d
 import numpy as np
@@ -361,7 +361,7 @@ def fit_blurred_sphere(
     image: NDArray[np.floating], peak: tuple[int, int, int], *,
     spacing: tuple[float, float, float], fwhm_mm: float, radius_mm: float,
     use: NDArray[np.bool_] | None = None,
-    gradient: bool = True,
+    gradient: bool = True, sampling: Literal["grid", "box"] = "grid", box_nodes: int = 2,
 ) -> SphereFit:
     """Fit a uniform sphere blurred by the PSF on a background to one lesion patch.
 
@@ -381,6 +381,13 @@ def fit_blurred_sphere(
         Voxels the fit may use (other lesions and excluded organs left out); all if omitted.
     gradient : bool
         Fit a linear background (``B + g . (x - c)``) instead of a constant one.
+    sampling : {"grid", "box"}
+        How a voxel's value arises from the blurred sphere (see Notes): ``"grid"``, the
+        sphere's partial-volume fractions on the voxel grid blurred by the PSF on that grid;
+        ``"box"``, the continuously blurred sphere averaged over the voxel's box.
+    box_nodes : int
+        Gauss-Legendre nodes per axis for the box average of ``sampling="box"``
+        (``box_nodes ** 3`` points per voxel); 1 samples the blurred sphere at the voxel centre.
 
     Returns
     -------
@@ -390,24 +397,44 @@ def fit_blurred_sphere(
     Raises
     ------
     LesionError
-        If the FWHM, a spacing or the starting radius is not a positive finite number, or fewer
-        voxels than ten times the number of parameters are usable.
+        If the FWHM, a spacing or the starting radius is not a positive finite number, fewer
+        voxels than ten times the number of parameters are usable, ``sampling`` is unknown or
+        ``box_nodes`` is not an integer from 1 to 4.
 
     Notes
     -----
     Model (the model-based partial-volume approach of Kessler et al. and of Chen et al.)::
 
-        I(x) = B + g . (x - c) + (A - B) S(|x - c|; R, sigma_eff)
+        I(x) = B + g . (x - c) + (A - B) P(x; c, R)
 
-    with ``S`` from :func:`blurred_sphere_profile` and ``sigma_eff^2 = sigma_PSF^2 + h^2 / 12``
-    (``h^2`` the mean squared voxel size: sampling on voxels adds the variance of a box of
-    the voxel's width). ``A``, ``B`` and ``g`` enter linearly and are eliminated by linear
-    least squares for each ``(c, R)`` (variable projection, Golub & Pereyra); ``(c, R)`` are
-    fitted by :func:`scipy.optimize.least_squares` (trust-region reflective, bounded: the
-    centre within ``max(R_0, 1 voxel)`` of the peak, ``R`` in 0.25-2.5 ``R_0`` plus one voxel).
-    Residuals are weighted by ``1 / sqrt(max(I_smooth, I_floor))``, the PET noise whose
-    variance grows with the mean; after a first fit voxels beyond 3.5 robust SD (another
-    structure in the patch) are dropped and the fit repeated.
+    where ``P`` is how the scanner images a uniform unit sphere on the voxel grid:
+
+    * ``sampling="grid"``: ``P = G_sigma (*) f``, the fraction ``f`` of each voxel's box
+      inside the sphere, blurred by the Gaussian PSF on the voxel grid
+      (:func:`scipy.ndimage.gaussian_filter`). This is how an image-space PSF acts on
+      activity held in voxels, and how the calibration curve of :func:`sphere_threshold_curve`
+      and the PSF fitted on organ halos are made, so the PSF means the same in all three.
+      ``f`` is exact along i (the chord through the sphere meets the box) and averaged over
+      8 x 8 points of the box's (k, j) face: continuous in ``c`` and ``R``, and within 0.011
+      of a 24^3-point fraction for spheres of 1-5 mL.
+    * ``sampling="box"``: ``P(x) = <S(|x + u - c|; R, sigma)>_u``, the continuously blurred
+      sphere ``S`` (:func:`blurred_sphere_profile`) averaged over the voxel's box ``u``, by a
+      tensor Gauss-Legendre rule of ``box_nodes`` nodes per axis (two: within 0.002 of the
+      contrast of a 12^3-point mean for 1-5 mL spheres under a 6 mm PSF); voxels farther than
+      ``R + 6 sigma`` plus half the voxel's diagonal are 0 without evaluation.
+
+    A PSF of 6 mm FWHM is 0.5-0.64 voxel SD on 4 x 4 x 5 mm voxels, where a Gaussian sampled
+    on the grid is not the continuous one: on spheres made the first way a ``"box"`` fit
+    misses 1 mL by up to 18% (sampling ``S`` at the voxel centres, ``box_nodes=1``, by up to
+    9%), a ``"grid"`` fit 1-10 mL by at most 1.4% (``tests/imaging/test_lesions_volume.py``).
+
+    ``A``, ``B`` and ``g`` enter linearly and are eliminated by linear least squares for each
+    ``(c, R)`` (variable projection, Golub & Pereyra); ``(c, R)`` are fitted by
+    :func:`scipy.optimize.least_squares` (trust-region reflective, bounded: the centre within
+    ``max(R_0, 1 voxel)`` of the peak, ``R`` in 0.25-2.5 ``R_0`` plus one voxel). Residuals
+    are weighted by ``1 / sqrt(max(I_smooth, I_floor))``, the PET noise whose variance grows
+    with the mean; after a first fit voxels beyond 3.5 robust SD (another structure in the
+    patch) are dropped and the fit repeated.
 
     References
     ----------
@@ -428,7 +455,13 @@ def fit_blurred_sphere(
     if np.count_nonzero(ok) < 10 * (4 + n_lin):
         raise LesionError(f"a sphere fit needs at least {10 * (4 + n_lin)} usable voxels, got "
                           f"{np.count_nonzero(ok)}; enlarge the patch.")
-    sigma = math.sqrt((fwhm_mm / _FWHM_PER_SIGMA) ** 2 + float(np.mean(sp ** 2)) / 12.0)
+    if sampling not in ("grid", "box"):
+        raise LesionError(f"sampling must be 'grid' or 'box', got {sampling!r}.")
+    if isinstance(box_nodes, bool) or not isinstance(box_nodes, int) or not 1 <= box_nodes <= 4:
+        raise LesionError(f"box_nodes must be an integer from 1 to 4, got {box_nodes!r}.")
+    sigma = fwhm_mm / _FWHM_PER_SIGMA
+    nodes, node_w = _box_rule(box_nodes, sp)
+    half_diagonal = 0.5 * float(np.sqrt(np.sum(sp ** 2)))
     pos = np.argwhere(ok).astype(np.float64) * sp  # (n, 3) mm
     y = img[ok]
     smooth = ndimage.gaussian_filter(img, 1.0)[ok]
@@ -443,8 +476,13 @@ def fit_blurred_sphere(
 
     def design(p: NDArray[np.float64], sel: NDArray[np.bool_]) -> NDArray[np.float64]:
         d = pos[sel] - p[:3]
-        cols = [blurred_sphere_profile(np.sqrt(np.sum(d * d, axis=1)), float(p[3]), sigma),
-                np.ones(len(d))]
+        if sampling == "grid":
+            blurred = ndimage.gaussian_filter(_sphere_fractions(img.shape, sp, p[:3], float(p[3])),
+                                              sigma / sp, mode="constant")
+            profile = blurred[ok][sel]
+        else:
+            profile = _box_mean_profile(d, float(p[3]), sigma, nodes, node_w, half_diagonal)
+        cols = [profile, np.ones(len(d))]
         if gradient:
             cols += [d[:, 0], d[:, 1], d[:, 2]]
         return np.stack(cols, axis=1)
@@ -481,3 +519,59 @@ def fit_blurred_sphere(
         volume_ml=4.0 / 3.0 * math.pi * radius ** 3 / 1000.0,
         voxels_used=int(np.count_nonzero(keep)),
         success=bool(fit.success and inside and coef[0] > 0))
+
+
+def _box_rule(n: int, spacing: NDArray[np.float64]
+              ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Tensor Gauss-Legendre nodes (mm, shape (n^3, 3)) and weights (sum 1) over a voxel."""
+    x, w = np.polynomial.legendre.leggauss(n)
+    axes = [0.5 * x * s for s in spacing]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    weights = (0.125 * w[:, None, None] * w[None, :, None] * w[None, None, :]).ravel()
+    return grid, weights
+
+
+def _box_mean_profile(
+    d: NDArray[np.float64], radius_mm: float, sigma_mm: float, nodes: NDArray[np.float64],
+    weights: NDArray[np.float64], half_diagonal_mm: float,
+) -> NDArray[np.float64]:
+    """Blurred-sphere profile averaged over each voxel's box; ``d`` (n, 3) voxel centre minus
+    sphere centre (mm). Voxels beyond ``R + 6 sigma`` plus the half diagonal are 0."""
+    out = np.zeros(len(d))
+    near = np.einsum("ij,ij->i", d, d) <= (radius_mm + 6.0 * sigma_mm + half_diagonal_mm) ** 2
+    if near.any():
+        pts = d[near, None, :] + nodes[None, :, :]
+        r = np.sqrt(np.einsum("ijk,ijk->ij", pts, pts))
+        out[near] = blurred_sphere_profile(r, radius_mm, sigma_mm) @ weights
+    return out
+
+
+_CHORD_SUBSAMPLES = 8  # per axis over k and j; the chord along i is exact
+
+
+def _sphere_fractions(
+    shape: tuple[int, ...], spacing: NDArray[np.float64], centre_mm: NDArray[np.float64],
+    radius_mm: float,
+) -> NDArray[np.float64]:
+    """Fraction of each voxel's box inside a sphere; voxel ``(k, j, i)`` centred at
+    ``(k, j, i) x spacing`` mm. The chord through the sphere along i is intersected with the
+    box exactly and averaged over 8 x 8 points of the box's (k, j) face, so the fractions are
+    continuous in the centre and the radius (a fit can difference them)."""
+    m = _CHORD_SUBSAMPLES
+    frac = np.zeros(shape)
+    lo = np.maximum(np.floor((centre_mm - radius_mm) / spacing + 0.5).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil((centre_mm + radius_mm) / spacing - 0.5).astype(int) + 2,
+                    np.asarray(shape))
+    if np.any(hi <= lo):
+        return frac
+    u = (np.arange(m) + 0.5) / m - 0.5
+    z = ((np.arange(lo[0], hi[0])[:, None] + u) * spacing[0] - centre_mm[0]).ravel()
+    y = ((np.arange(lo[1], hi[1])[:, None] + u) * spacing[1] - centre_mm[1]).ravel()
+    half_chord = np.sqrt(np.maximum(radius_mm ** 2 - z[:, None] ** 2 - y[None, :] ** 2, 0.0))
+    x0 = (np.arange(lo[2], hi[2]) - 0.5) * spacing[2] - centre_mm[2]
+    inside = np.clip(np.minimum(half_chord[..., None], x0 + spacing[2])
+                     - np.maximum(-half_chord[..., None], x0), 0.0, None)
+    n = hi - lo
+    frac[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = inside.reshape(
+        n[0], m, n[1], m, n[2]).mean(axis=(1, 3)) / spacing[2]
+    return frac

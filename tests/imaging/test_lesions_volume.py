@@ -7,9 +7,11 @@ import pytest
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from fixtures.phantom.pet import apply_psf_and_noise
 from imaging.errors import ConfigError, LesionError
 from imaging.lesions import PRESETS, LesionConfig, find_lesions
 from imaging.lesions.volume import (
+    _sphere_fractions,
     blurred_sphere_profile,
     fit_blurred_sphere,
     iterative_threshold,
@@ -225,7 +227,94 @@ def test_sphere_fit_leaves_out_a_neighbouring_hot_structure() -> None:
     assert fit.background == pytest.approx(1.0, abs=0.3)
 
 
+def _phantom_sphere(volume_ml: float, offset: tuple[float, float, float], *,
+                    background: float = 1.0, suv: float = 10.0,
+                    ) -> tuple[NDArray[np.float64], tuple[int, int, int]]:
+    """A sphere as the synthetic patients hold one: 4^3-sub-sampled voxel fractions on a
+    5 x 4 x 4 mm grid, blurred by the phantom's own PSF step (noise 0) on a flat background."""
+    spacing = np.array([5.0, 4.0, 4.0])
+    radius = (3 * volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
+    half = np.ceil((radius + 4 * FWHM_MM) / spacing).astype(int)
+    shape = tuple(int(2 * h + 1) for h in half)
+    centre = (half + np.asarray(offset)) * spacing
+    axes = [np.arange(n) * s for n, s in zip(shape, spacing, strict=True)]
+    sub = (np.arange(4) + 0.5) / 4 - 0.5
+    frac = np.zeros(shape)
+    for dk in sub:
+        for dj in sub:
+            for di in sub:
+                frac += ((axes[0][:, None, None] + dk * spacing[0] - centre[0]) ** 2
+                         + (axes[1][None, :, None] + dj * spacing[1] - centre[1]) ** 2
+                         + (axes[2][None, None, :] + di * spacing[2] - centre[2]) ** 2
+                         <= radius ** 2)
+    frac /= sub.size ** 3
+    lesion = apply_psf_and_noise(((suv - background) * frac).astype(np.float32),
+                                 (5.0, 4.0, 4.0), fwhm_mm=FWHM_MM, noise=0.0,
+                                 rng=np.random.default_rng(0))
+    image = lesion.astype(np.float64) + background
+    return image, tuple(int(v) for v in np.unravel_index(np.argmax(image), image.shape))
+
+
+@pytest.mark.parametrize("volume_ml", [1.0, 2.0, 5.0])
+@pytest.mark.parametrize("offset", [(0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.3, -0.2, 0.45)])
+def test_sphere_fit_recovers_phantom_rendered_sphere_within_3_percent(
+        volume_ml: float, offset: tuple[float, float, float]) -> None:
+    image, peak = _phantom_sphere(volume_ml, offset)
+    radius0 = 0.9 * (3 * volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
+    fit = fit_blurred_sphere(image, peak, spacing=(5.0, 4.0, 4.0), fwhm_mm=FWHM_MM,
+                             radius_mm=radius0)
+    assert fit.success
+    assert fit.volume_ml == pytest.approx(volume_ml, rel=0.03)
+    assert fit.uptake == pytest.approx(10.0, rel=0.05)
+    assert fit.background == pytest.approx(1.0, abs=0.05)
+
+
+def test_sphere_fit_needs_the_grid_model_for_a_1_ml_phantom_sphere() -> None:
+    # Why the model blurs voxel fractions on the grid, as the image was made: the blurred
+    # sphere sampled at voxel centres (box_nodes=1) is too large by about 8%, the continuous
+    # blur averaged over the voxel (sampling="box") too small by about 8%.
+    image, peak = _phantom_sphere(1.0, (0.0, 0.0, 0.0))
+    kwargs = {"spacing": (5.0, 4.0, 4.0), "fwhm_mm": FWHM_MM, "radius_mm": 5.5}
+    point = fit_blurred_sphere(image, peak, sampling="box", box_nodes=1, **kwargs)
+    box = fit_blurred_sphere(image, peak, sampling="box", **kwargs)
+    grid = fit_blurred_sphere(image, peak, **kwargs)
+    assert point.volume_ml > 1.05
+    assert box.volume_ml < 0.95
+    assert grid.volume_ml == pytest.approx(1.0, rel=0.03)
+
+
+def test_box_sampling_matches_a_numerical_voxel_average() -> None:
+    # sampling="box": a fine-grid sphere blurred continuously and averaged over 4 mm voxels
+    h = 0.5
+    n = 8  # fine cells per voxel
+    x = (np.arange(11 * n) + 0.5) * h
+    k, j, i = np.meshgrid(x, x, x, indexing="ij")
+    centre = np.array([5.5, 5.5, 5.5]) * 4.0 + np.array([0.7, -1.1, 0.4])
+    fine = ((k - centre[0]) ** 2 + (j - centre[1]) ** 2 + (i - centre[2]) ** 2 <= 7.0 ** 2)
+    blurred = ndimage.gaussian_filter(fine.astype(float), FWHM_MM / 2.3548 / h, mode="constant")
+    voxels = blurred.reshape(11, n, 11, n, 11, n).mean(axis=(1, 3, 5))
+    voxels = 1.0 + 9.0 * voxels
+    peak = tuple(int(v) for v in np.unravel_index(np.argmax(voxels), voxels.shape))
+    # the fit's voxel (0, 0, 0) is centred at 0 mm, the fine grid's at 2 mm
+    fit = fit_blurred_sphere(voxels, peak, spacing=SPACING, fwhm_mm=FWHM_MM, radius_mm=6.0,
+                             sampling="box")
+    assert fit.radius_mm == pytest.approx(7.0, rel=0.01)
+    np.testing.assert_allclose(fit.centre_mm, centre - 2.0, atol=0.05)
+
+
+def test_sphere_fractions_hold_the_sphere_volume() -> None:
+    spacing = np.array([5.0, 4.0, 4.0])
+    for radius in (3.0, 6.2, 10.6):
+        frac = _sphere_fractions((15, 15, 15), spacing, np.array([36.1, 27.3, 29.9]), radius)
+        assert frac.min() >= 0.0
+        assert frac.max() <= 1.0
+        assert frac.sum() * 0.08 == pytest.approx(4 / 3 * np.pi * radius ** 3 / 1000, rel=0.01)
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
+    ({"sampling": "exact"}, "sampling"),
+    ({"sampling": "box", "box_nodes": 0}, "box_nodes"),
+    ({"box_nodes": True}, "box_nodes"),
     ({"radius_mm": 0.0}, "starting radius"),
     ({"radius_mm": float("nan")}, "starting radius"),
     ({"fwhm_mm": -1.0}, "PSF FWHM"),
