@@ -354,3 +354,18 @@ def test_finder_sphere_fit_recovers_noisy_sphere_volume() -> None:
         assert result.lesions[0].suv_max == pytest.approx(float(image.max()), rel=1e-5)
         hits += abs(result.lesions[0].volume_ml / 3.0 - 1) <= 0.2
     assert hits >= 9
+
+
+@pytest.mark.parametrize("offset", [(0.3, -0.2, 0.45), (0.1, 0.35, -0.3)])
+def test_finder_sphere_fit_keeps_the_isocontour_nearest_the_fitted_volume(
+        offset: tuple[float, float, float]) -> None:
+    # A noise-free 1.5 mL sphere is 18.75 voxels of 0.08 mL: the kept isocontour has 19, not
+    # the 18 where the bisection stops. (Off-centre spheres: at symmetric positions the
+    # isocontours grow by 4-8 voxels at a time.)
+    image, _ = _phantom_sphere(1.5, offset)
+    suv = Volume(image.astype(np.float32), (5.0, 4.0, 4.0), (0.0, 0.0, 0.0), unit="g/ml")
+    cfg = LesionConfig.preset("suv3-fit", psf_fwhm_mm=FWHM_MM)
+    result = find_lesions(suv, anatomy={}, config=cfg)
+    assert result.lesion_count == 1
+    assert result.lesions[0].voxel_count == 19
+    assert result.lesions[0].suv_max == pytest.approx(float(image.max()), rel=1e-6)
