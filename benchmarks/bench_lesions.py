@@ -112,9 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "PERCIST": LesionConfig.preset("percist"),
         "SUV 3 + 41% isocontour": LesionConfig.preset("suv3-iso41"),
         "SUV 3 + iterative isocontour (ITM)": LesionConfig.preset("suv3-itm"),
-        "SUV 3 + ITM + sphere fit": LesionConfig(
-            method="fixed", threshold_suv=3.0, isocontour_fraction=0.41,
-            isocontour_iterative=True, isocontour_sphere_fit=True),
+        "SUV 3 + ITM + sphere fit": LesionConfig.preset("suv3-fit"),
         "SUV 3 + split": LesionConfig.preset("suv3-split"),
     }
     with open("/proc/loadavg") as fh:

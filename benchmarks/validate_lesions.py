@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imaging.errors import ConfigError
-from imaging.lesions import PRESETS, LesionResult, find_lesions
+from imaging.lesions import PRESETS, LesionConfig, LesionResult, find_lesions
 from imaging.vocabulary import AnatomyLabel
 
 STAGES = ["N1/M1a", "M1b-M1c", "TrN0M0", "T0N0M0"]
@@ -48,7 +48,7 @@ PHYSIOLOGICAL = (
     AnatomyLabel.LIVER, AnatomyLabel.SPLEEN, AnatomyLabel.GALLBLADDER,
 )
 DEFAULT_METHODS = ["suv3", "suv2.5", "suv4", "percist", "qpsma", "qpsma-percist", "suv3-iso41",
-                   "suv3-iso50", "suv3-itm", "suv3-split"]
+                   "suv3-iso50", "suv3-itm", "suv3-fit", "suv3-split"]
 
 
 RICH_SITES = ["fossa", "node_external_iliac", "node_internal_iliac", "node_obturator",
@@ -330,7 +330,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder to keep generated patients in (pickles)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file for all figures")
     parser.add_argument("--figures", type=Path, default=None, help="folder for PNG figures")
+    parser.add_argument("--psf-fwhm-mm", type=float, default=None, metavar="MM",
+                        help="the scanner's PSF FWHM (mm), as known from its acceptance tests "
+                        "(LesionConfig.psf_fwhm_mm) for every method; default: each method "
+                        "fits it on a hot organ's halo where it needs it")
     args = parser.parse_args(argv)
+    try:
+        configs = {m: LesionConfig.preset(m, psf_fwhm_mm=args.psf_fwhm_mm)
+                   for m in args.methods}
+    except ConfigError as err:
+        parser.error(str(err))
 
     sources = ["truth", "labeller"] if args.anatomy == "both" else [args.anatomy]
     scores: dict[str, dict[str, list[dict[str, Any]]]] = {
@@ -357,7 +366,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for method in args.methods:
                 t1 = time.perf_counter()
-                result = find_lesions(patient.pet_suv, anatomy=anatomy, config=PRESETS[method])
+                result = find_lesions(patient.pet_suv, anatomy=anatomy,
+                                      config=configs[method])
                 timings[method].append(time.perf_counter() - t1)
                 scores[source][method].append(score(result, patient, organs))
                 if (picture is None and source == "truth" and method == args.methods[0]
@@ -375,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     report = {
         "command": " ".join(["benchmarks/validate_lesions.py", *(argv or sys.argv[1:])]),
-        "size": args.size, "design": args.design,
+        "size": args.size, "design": args.design, "psf_fwhm_mm": args.psf_fwhm_mm,
         "seeds": [args.first_seed, args.first_seed + args.patients - 1],
         "stages_cycled": STAGES, "seeds_skipped_by_phantom": skipped,
         "median_seconds_per_scan": {m: float(np.median(t)) for m, t in timings.items() if t},

@@ -98,7 +98,8 @@ class LesionConfig:
     isocontour_sphere_fit : bool
         After the iterative method, fit a uniform sphere blurred by the PSF on a linear
         background to the lesion's patch (least squares; Kessler et al., J Comput Assist Tomogr
-        1984;8:514-522; Chen et al., J Nucl Med 1999;40:118-130) and keep the isocontour whose
+        1984;8:514-522; Chen et al., J Nucl Med 1999;40:118-130; the sphere's voxel fractions
+        blurred on the voxel grid, as the image holds them) and keep the isocontour whose
         voxel count holds the fitted sphere's volume; the threshold segmentation stays where
         the fit fails. Needs ``isocontour_iterative`` (its PSF and starting radius) [D].
     isocontour_max_iterations : int
@@ -408,6 +409,8 @@ PRESETS: dict[str, LesionConfig] = {
     "suv3-split": LesionConfig(method="fixed", threshold_suv=3.0, split=True),
     "suv3-itm": LesionConfig(method="fixed", threshold_suv=3.0, isocontour_fraction=0.41,
                              isocontour_iterative=True),
+    "suv3-fit": LesionConfig(method="fixed", threshold_suv=3.0, isocontour_fraction=0.41,
+                             isocontour_iterative=True, isocontour_sphere_fit=True),
 }
 """Named configurations compared in ``docs/lesions.md`` (``benchmarks/validate_lesions.py``)."""
 
