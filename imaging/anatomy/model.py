@@ -154,6 +154,8 @@ class AnatomyConfig:
     bowel_peak_ratio: float | None = None
     bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
+    bowel_fragment_ml: float = 1.5
+    bowel_fragment_ratio: float | None = 1.2
     bowel_focus_max_mm: float = 15.0
     bowel_core_max_ml: float = 12.0
     bowel_gas_hu: float = -400.0

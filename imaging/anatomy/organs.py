@@ -32,6 +32,7 @@ from imaging.vocabulary import AnatomyLabel, Landmark
 __all__ = ["OrganResult", "find_organs"]
 
 
+
 @dataclass(frozen=True, slots=True)
 class OrganResult:
     """One organ mask (or None) with confidence and reason."""
@@ -624,6 +625,31 @@ def _compact_parts(mask: NDArray[np.bool_], spacing_mm: float, max_ml: float,
     return focal[lab]
 
 
+def _loop_pieces(avid: NDArray[np.bool_], lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
+                 pet_c: NDArray[np.float32], voxel_ml: float, config: AnatomyConfig
+                 ) -> NDArray[np.bool_]:
+    """Components of ``avid`` that are short pieces of bowel loop (per component, as ``loops``).
+
+    Where a loop dips out of the cavity or behind gas and stool, what is left in view is a
+    short compact piece at the loops' own uptake. A piece is wider than the PSF (its
+    half-maximum region alone holds ``bowel_fragment_ml``; a small node is blurred into a peak
+    whose half-maximum region is the node itself) and no hotter than ``bowel_fragment_ratio`` x
+    the loops' plateau (90th percentile of the found loops; a visible node stands well above its
+    surroundings). Off when ``bowel_fragment_ratio`` is None or no loop was found.
+    """
+    out = np.zeros(n + 1, dtype=bool)
+    if n == 0 or config.bowel_fragment_ratio is None or not loops[1:].any():
+        return out
+    plateau = float(np.percentile(pet_c[loops[lab] & avid], 90))
+    peak = np.zeros(n + 1)
+    peak[1:] = ndi.maximum(pet_c[avid], lab[avid], index=np.arange(1, n + 1))
+    top = avid & (pet_c >= 0.5 * peak[lab])
+    wide = np.bincount(lab[top], minlength=n + 1) * voxel_ml >= config.bowel_fragment_ml
+    out = wide & (peak <= config.bowel_fragment_ratio * plateau) & ~loops
+    out[0] = False
+    return out
+
+
 def _gallbladder(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid,
                  liver: NDArray[np.bool_] | None, blocked: NDArray[np.bool_],
                  config: AnatomyConfig) -> OrganResult:
@@ -734,6 +760,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         with_gas[np.unique(lab[box_dilate(gas, 1)])] = True
         ok = (count * voxel_ml >= config.bowel_min_ml) & (tubular | with_gas)
         ok[0] = False
+        ok |= _loop_pieces(avid, lab, n, ok, pet_c, voxel_ml, config)
         loops = ok[lab]
     # optional: lesion cores inside a loop stay out of the mask (bowel_peak_ratio), voxels above
     # that ratio x the loop's local level (its mean uptake over a cube wider than a node); inside

@@ -195,3 +195,36 @@ def test_loop_cores_are_off_by_default_and_carve_a_focus_when_on() -> None:
     assert core[15, 15, 30]
     assert not core[15, 15, 5]
     assert not core[15, 15, 55]
+
+
+def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
+    import cc3d
+
+    from imaging.anatomy.organs import _loop_pieces
+
+    # 3 mm grid, smoothed PET: a long loop (found as a loop), a short wide piece at the loop's
+    # uptake, a small node at the same peak, and a large node well above the loops
+    zz, yy, xx = np.mgrid[:40, :40, :80].astype(np.float32)
+    pet = np.full(zz.shape, 0.5, dtype=np.float32)
+
+    def blob(cz: float, cy: float, cx: float, r: float, suv: float) -> None:
+        d = np.sqrt((zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2)
+        pet[:] = np.maximum(pet, suv / (1.0 + np.exp(np.minimum((d - r) / 0.6, 50.0))))
+
+    d_tube = np.hypot(zz - 8, yy - 8)
+    pet[:] = np.maximum(pet, 7.0 / (1.0 + np.exp(np.minimum((d_tube - 3.3) / 0.6, 50.0))))
+    blob(30, 10, 20, 4.0, 7.0)    # piece: 24 mm wide, SUV 7
+    blob(30, 30, 20, 1.5, 7.0)    # small node: 9 mm, same peak
+    blob(10, 30, 60, 4.0, 20.0)   # large hot node
+    avid = pet >= 1.8
+    lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
+    loops = np.zeros(n + 1, dtype=bool)
+    loops[lab[8, 8, 40]] = True
+    out = _loop_pieces(avid, lab, n, loops, pet, 0.027, AnatomyConfig())
+    assert out[lab[30, 10, 20]]
+    assert not out[lab[30, 30, 20]]
+    assert not out[lab[10, 30, 60]]
+    assert not out[lab[8, 8, 40]]  # already a loop
+    assert not out[0]
+    off = _loop_pieces(avid, lab, n, loops, pet, 0.027, AnatomyConfig(bowel_fragment_ratio=None))
+    assert not off.any()
