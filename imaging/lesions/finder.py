@@ -502,6 +502,7 @@ def _isocontour(
                 keep = _sphere_fit_mask(res, keep, (int(pk[0]), int(pk[1]), int(pk[2])),
                                         allowed=allowed, use=use, spacing=spacing,
                                         fwhm_mm=curve.fwhm_mm,
+                                        min_volume_ml=float(curve.volume_ml[0]),
                                         connectivity=config.connectivity)
             if np.count_nonzero(keep) * voxel_ml < config.min_volume_ml * (1 - 1e-9):
                 # refinement reshapes a found lesion, never removes it: the calibrated fraction
@@ -739,13 +740,15 @@ def find_lesions(
 def _sphere_fit_mask(
     res: NDArray[np.float64], mask: NDArray[np.bool_], peak: tuple[int, int, int], *,
     allowed: NDArray[np.bool_], use: NDArray[np.bool_], spacing: tuple[float, float, float],
-    fwhm_mm: float, connectivity: int,
+    fwhm_mm: float, min_volume_ml: float, connectivity: int,
 ) -> NDArray[np.bool_]:
     """The isocontour of ``res`` connected to ``peak`` whose voxel count holds the volume of a
     blurred sphere fitted to the patch (:func:`imaging.lesions.volume.fit_blurred_sphere`).
 
     The threshold ``mask`` gives the starting radius and is kept when the fit cannot be made
-    (too few usable voxels) or fails (radius at a bound, non-positive contrast). The level is
+    (too few usable voxels), fails (radius at a bound, non-positive contrast) or finds a sphere
+    smaller than ``min_volume_ml`` (the smallest calibration sphere: below it the PSF hides the
+    size, and the fitted radius is no better than the threshold outline). The level is
     found by bisection over the sorted values of the allowed voxels, and of the isocontours it
     visits (and ``mask``) the one whose voxel count is nearest the fitted volume is kept: the
     search can end one level off, a voxel (8% of 1 mL on 4 x 4 x 5 mm) on the wrong side. The
@@ -758,7 +761,7 @@ def _sphere_fit_mask(
                                  use=use)
     except LesionError:  # patch too small for the model: the threshold segmentation stays
         return mask
-    if not fit.success:
+    if not fit.success or fit.volume_ml < min_volume_ml:
         return mask
     target = fit.volume_ml / voxel_ml
     values = np.sort(res[allowed])[::-1]

@@ -369,3 +369,17 @@ def test_finder_sphere_fit_keeps_the_isocontour_nearest_the_fitted_volume(
     assert result.lesion_count == 1
     assert result.lesions[0].voxel_count == 19
     assert result.lesions[0].suv_max == pytest.approx(float(image.max()), rel=1e-6)
+
+
+def test_finder_sphere_fit_keeps_itm_outline_below_the_calibrated_range() -> None:
+    # a 0.12 mL sphere (6.1 mm across) is below the smallest calibration sphere (8 mm): the PSF
+    # hides its size, so the fitted sphere is not used and the lesion keeps ITM's outline (the
+    # fit alone would give it 3 voxels, ITM 2)
+    image, _ = _phantom_sphere(0.12, (0.2, -0.1, 0.3), suv=20.0)
+    suv = Volume(image.astype(np.float32), (5.0, 4.0, 4.0), (0.0, 0.0, 0.0), unit="g/ml")
+    fit = find_lesions(suv, anatomy={}, config=LesionConfig.preset("suv3-fit",
+                                                                   psf_fwhm_mm=FWHM_MM))
+    itm = find_lesions(suv, anatomy={}, config=LesionConfig.preset("suv3-itm",
+                                                                   psf_fwhm_mm=FWHM_MM))
+    assert fit.lesion_count == itm.lesion_count == 1
+    assert np.array_equal(np.asarray(fit.labels.array), np.asarray(itm.labels.array))
