@@ -151,11 +151,12 @@ class AnatomyConfig:
     bowel_hu: tuple[float, float] = (-150.0, 200.0)
     bowel_min_ml: float = 10.0
     bowel_min_tubularity: float = 2.0
-    bowel_peak_ratio: float | None = None
+    bowel_peak_ratio: float | None = 2.0
     bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
     bowel_fragment_ml: float = 1.5
     bowel_fragment_ratio: float | None = 1.2
+    bowel_fragment_kidney_mm: float = 30.0
     bowel_focus_max_mm: float = 15.0
     bowel_core_max_ml: float = 12.0
     bowel_gas_hu: float = -400.0

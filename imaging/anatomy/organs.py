@@ -232,7 +232,8 @@ def _find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Ti
                                          out[AnatomyLabel.URINARY_BLADDER].mask, blocked, config)
     if out[AnatomyLabel.URETERS].mask is not None:
         blocked |= out[AnatomyLabel.URETERS].mask
-    out[AnatomyLabel.BOWEL] = _bowel(hu, pet, t, grid, frame, spine, blocked, config)
+    out[AnatomyLabel.BOWEL] = _bowel(hu, pet, t, grid, frame, spine, blocked,
+                                     out[AnatomyLabel.KIDNEYS].mask, config)
     return out
 
 
@@ -699,7 +700,7 @@ def _gallbladder(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid,
 
 def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
            frame: PelvisFrame, spine: NDArray[np.float64], blocked: NDArray[np.bool_],
-           config: AnatomyConfig) -> OrganResult:
+           kidneys: NDArray[np.bool_] | None, config: AnatomyConfig) -> OrganResult:
     """Stomach, small bowel and colon: diffuse-uptake loops and gas-containing loops."""
     dz = frame.diaphragm_z_mm
     sym = frame.landmarks[Landmark.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
@@ -753,6 +754,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         gas = big_gas[glab]
     lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
     loops = np.zeros_like(avid)
+    ok = np.zeros(n + 1, dtype=bool)
     if n:
         count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
         tubular = _tubular(avid, lab, n, count, s, config.bowel_min_tubularity)
@@ -760,17 +762,20 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         with_gas[np.unique(lab[box_dilate(gas, 1)])] = True
         ok = (count * voxel_ml >= config.bowel_min_ml) & (tubular | with_gas)
         ok[0] = False
-        ok |= _loop_pieces(avid, lab, n, ok, pet_c, voxel_ml, config)
+        # loop pieces outside the nodal stations only (there a node of a loop's size and uptake
+        # is as likely as a piece of loop, and a reader would call it), and away from the
+        # kidneys: above and beside them lie the adrenals and the renal hila
+        near_kidney = np.zeros(n + 1, dtype=bool)
+        if kidneys is not None and kidneys.any():
+            reach_k = max(1, round(config.bowel_fragment_kidney_mm / s))
+            near_kidney[np.unique(lab[box_dilate(kidneys[zsl], reach_k) & avid])] = True
+        ok |= _loop_pieces(avid, lab, n, ok, pet_c, voxel_ml, config) & ~near_kidney & (
+            np.bincount(lab[avid & keep_out], minlength=n + 1) < 0.5 * count)
         loops = ok[lab]
-    # optional: lesion cores inside a loop stay out of the mask (bowel_peak_ratio), voxels above
-    # that ratio x the loop's local level (its mean uptake over a cube wider than a node); inside
-    # the nodal band already above bowel_band_peak_ratio x (with a bowel_band_rim rim). Off by
-    # default: a loop's blurred profile peaks on its axis, so loop segments pass as "cores" and
-    # come back as false-positive nodes, while a node beside a loop is kept by the lesion
-    # finder's hotter-than-the-organ rule (docs/anatomy.md)
+    # foci much hotter than their loop stay out of the mask (a node against a loop)
     core = np.zeros_like(loops)
-    if config.bowel_peak_ratio is not None or config.bowel_band_peak_ratio is not None:
-        core = _loop_cores(loops, pet_c, pet[zsl], keep_out, s, config)
+    if n and (config.bowel_peak_ratio is not None or config.bowel_band_peak_ratio is not None):
+        core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out, s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -794,37 +799,87 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
                           "left out"))
 
 
-def _loop_cores(loops: NDArray[np.bool_], pet_c: NDArray[np.float32],
+def _loop_plateau(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
+                  pet_c: NDArray[np.float32]) -> NDArray[np.float64]:
+    """90th percentile of the smoothed SUV of each loop component (0 for the others)."""
+    inside = loops[lab]
+    values, ids = pet_c[inside], lab[inside]
+    plateau = np.zeros(n + 1)
+    if values.size == 0:
+        return plateau
+    order = np.lexsort((values, ids))
+    counts = np.bincount(ids, minlength=n + 1)
+    start = np.cumsum(counts) - counts
+    have = np.flatnonzero(counts)
+    plateau[have] = values[order][start[have] + np.floor(0.9 * (counts[have] - 1)).astype(int)]
+    return plateau
+
+
+def _loop_cores(lab: NDArray[Any], n: int, loops: NDArray[np.bool_], pet_c: NDArray[np.float32],
                 pet_raw: NDArray[np.float32], keep_out: NDArray[np.bool_], s: float,
                 config: AnatomyConfig) -> NDArray[np.bool_]:
-    """Focal parts of the loops hotter than the loop around them (kept out of the bowel mask).
+    """Focal parts of the loops much hotter than their loop (kept out of the bowel mask).
 
-    Voxels above ``bowel_peak_ratio`` x the loop's local level (its mean uptake over a cube of
-    ``bowel_focus_max_mm``) that form focal parts (at most ``bowel_core_max_ml``, not tubular),
-    with a one-voxel rim; inside the nodal band ``keep_out`` already above
-    ``bowel_band_peak_ratio`` x (at least three such voxels together, ``bowel_band_rim`` rim).
+    A node or metastasis against a loop joins the loop's component; its voxels above
+    ``bowel_peak_ratio`` x the loop's plateau (the 90th percentile of the loop's smoothed SUV,
+    so a loop's own axis, where its blurred profile peaks, is not a focus) that form focal parts
+    (at most ``bowel_core_max_ml``, and not tubular: a ureter bolus running under the loop is a
+    streak) are left out, with a one-voxel rim. Optional,
+    inside the nodal band ``keep_out``: voxels above ``bowel_band_peak_ratio`` x the loop's local
+    mean over ``bowel_focus_max_mm`` (at least three together, ``bowel_band_rim`` rim).
     """
-    core = np.zeros_like(loops)
-    lbox = bbox(loops, pad=1)
-    if lbox is None:
+    mask = loops[lab]
+    core = np.zeros_like(mask)
+    if not mask.any():
         return core
-    level = np.full(loops.shape, np.inf, dtype=np.float32)
-    w = max(3, 2 * round(config.bowel_focus_max_mm / s / 2) + 1)
-    inside = loops[lbox].astype(np.float32)
-    num = ndi.uniform_filter(pet_c[lbox] * inside, size=w, mode="nearest")
-    den = ndi.uniform_filter(inside, size=w, mode="nearest")
-    level[lbox] = np.maximum(num / np.maximum(den, 1e-3), config.bowel_suv)
     if config.bowel_peak_ratio is not None:
-        core = box_dilate(_compact_parts(loops & (pet_raw > config.bowel_peak_ratio * level), s,
-                                         config.bowel_core_max_ml,
+        plateau = _loop_plateau(lab, n, loops, pet_c)
+        hot = mask & (pet_raw > config.bowel_peak_ratio * np.maximum(plateau[lab],
+                                                                      config.bowel_suv))
+        core = box_dilate(_compact_parts(hot, s, config.bowel_core_max_ml,
                                          config.bowel_min_tubularity), 1)
     if config.bowel_band_peak_ratio is not None:
-        band = loops & keep_out & (pet_raw > config.bowel_band_peak_ratio * level)
+        lbox = bbox(mask, pad=1)
+        assert lbox is not None
+        level = np.full(mask.shape, np.inf, dtype=np.float32)
+        w = max(3, 2 * round(config.bowel_focus_max_mm / s / 2) + 1)
+        inside = mask[lbox].astype(np.float32)
+        num = ndi.uniform_filter(pet_c[lbox] * inside, size=w, mode="nearest")
+        den = ndi.uniform_filter(inside, size=w, mode="nearest")
+        level[lbox] = np.maximum(num / np.maximum(den, 1e-3), config.bowel_suv)
+        band = mask & keep_out & (pet_raw > config.bowel_band_peak_ratio * level)
         # a focus is more than one noisy voxel: at least 3 such voxels in its 3x3x3 neighbourhood
         band &= ndi.uniform_filter(band.astype(np.float32), size=3) * 27.0 >= 2.5
         band = _compact_parts(band, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
         core |= box_dilate(band, config.bowel_band_rim) & keep_out
     return core
+
+
+def _principal_axes(lab: NDArray[Any], n: int, s: float
+                    ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64],
+                               NDArray[np.float64]]:
+    """Voxel count, centre (z, y, x mm), length and width (mm) of every component of ``lab``.
+
+    From the second moments of all components at once (bincount): length and width are the
+    extents of a uniform bar with the component's largest and middle principal variances.
+    """
+    kk, jj, ii = np.nonzero(lab)
+    ids = lab[kk, jj, ii]
+    pts = np.stack([kk, jj, ii], axis=1).astype(np.float64) * s
+    cnt = np.bincount(ids, minlength=n + 1).astype(np.float64)
+    safe = np.maximum(cnt, 1.0)
+    mean = np.stack([np.bincount(ids, pts[:, a], minlength=n + 1) for a in range(3)], 1) / (
+        safe[:, None])
+    d = pts - mean[ids]
+    cov = np.empty((n + 1, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            cov[:, a, b] = cov[:, b, a] = np.bincount(ids, d[:, a] * d[:, b],
+                                                      minlength=n + 1) / safe
+    ev = np.linalg.eigvalsh(cov)  # ascending
+    length = np.sqrt(12.0 * np.maximum(ev[:, 2], 0.0))
+    width = np.sqrt(12.0 * np.maximum(ev[:, 1], 0.0) + s * s)
+    return cnt, mean, length, width
 
 
 def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: PelvisFrame,
@@ -864,23 +919,7 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     if n == 0:
         return OrganResult(None, 0.0, f"no SUV >= {config.ureter_suv:g} track between the "
                            "kidneys and the bladder")
-    # principal axes of every component at once (second moments from bincount)
-    kk, jj, ii = np.nonzero(lab)
-    ids = lab[kk, jj, ii]
-    pts = np.stack([kk, jj, ii], axis=1).astype(np.float64) * s
-    cnt = np.bincount(ids, minlength=n + 1).astype(np.float64)
-    safe = np.maximum(cnt, 1.0)
-    mean = np.stack([np.bincount(ids, pts[:, a], minlength=n + 1) for a in range(3)], 1) / (
-        safe[:, None])
-    d = pts - mean[ids]
-    cov = np.empty((n + 1, 3, 3))
-    for a in range(3):
-        for b in range(a, 3):
-            cov[:, a, b] = cov[:, b, a] = np.bincount(ids, d[:, a] * d[:, b],
-                                                      minlength=n + 1) / safe
-    ev = np.linalg.eigvalsh(cov)  # ascending
-    length = np.sqrt(12.0 * np.maximum(ev[:, 2], 0.0))
-    width = np.sqrt(12.0 * np.maximum(ev[:, 1], 0.0) + s * s)
+    cnt, mean, length, width = _principal_axes(lab, n, s)
     ok = (length >= config.ureter_min_length_mm) & (
         length >= config.ureter_min_elongation * width)
     ok[0] = False

@@ -179,22 +179,33 @@ def test_renal_hilum_piece_is_ureter_a_para_aortic_node_is_not() -> None:
     assert not out[lab[12, 9, 13]]
 
 
-def test_loop_cores_are_off_by_default_and_carve_a_focus_when_on() -> None:
+def test_loop_cores_carve_a_hot_focus_not_the_loop_axis() -> None:
+    import cc3d
+
     from imaging.anatomy.organs import _loop_cores
 
-    # a loop (tube along x, SUV 6) with a hot focus (SUV 20) on it, 3 mm grid
-    zz, yy, xx = np.mgrid[:30, :30, :60]
-    loops = (zz - 15) ** 2 + (yy - 15) ** 2 <= 9
-    pet = np.where(loops, 6.0, 0.5).astype(np.float32)
-    focus = (zz - 15) ** 2 + (yy - 15) ** 2 + (xx - 30) ** 2 <= 4
+    # a loop (tube along x, 3 mm grid) blurred into a profile peaking on its axis (SUV 7 there,
+    # falling to its rim), with a node of SUV 20 against it
+    zz, yy, xx = np.mgrid[:30, :30, :60].astype(np.float32)
+    r = np.hypot(zz - 15, yy - 15)
+    pet = (0.5 + 6.5 * np.exp(-(r**2) / (2 * 1.6**2))).astype(np.float32)
+    focus = np.sqrt((zz - 15) ** 2 + (yy - 15) ** 2 + (xx - 30) ** 2) <= 2
     pet[focus] = 20.0
-    keep_out = np.zeros_like(loops)
-    assert AnatomyConfig().bowel_peak_ratio is None
-    assert AnatomyConfig().bowel_band_peak_ratio is None
-    core = _loop_cores(loops, pet, pet, keep_out, 3.0, AnatomyConfig(bowel_peak_ratio=2.0))
+    # a ureter bolus running under the loop: a hot streak along z, as hot as the node
+    pet[3:28, 15, 45] = 20.0
+    avid = pet >= 1.8
+    lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
+    loops = np.zeros(n + 1, dtype=bool)
+    loops[lab[15, 15, 5]] = True
+    keep_out = np.zeros(avid.shape, dtype=bool)
+    core = _loop_cores(lab, n, loops, pet, pet, keep_out, 3.0, AnatomyConfig())
     assert core[15, 15, 30]
-    assert not core[15, 15, 5]
+    assert not core[15, 15, 5]   # the loop's own axis is its plateau, not a focus
+    assert not core[5, 15, 45]   # the streak is tubular: a ureter, not a node
     assert not core[15, 15, 55]
+    off = _loop_cores(lab, n, loops, pet, pet, keep_out, 3.0,
+                      AnatomyConfig(bowel_peak_ratio=None))
+    assert not off.any()
 
 
 def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
