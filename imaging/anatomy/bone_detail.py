@@ -17,11 +17,7 @@ from imaging.anatomy.tissues import _dilate, _max3, bbox, fill_holes_per_slice
 from imaging.resample import resample_to
 from imaging.volume import Volume, same_geometry
 
-__all__ = ["FINE_BONE_HU", "bone_on_reference", "refine_bone_edge"]
-
-#: bone threshold on a grid finer than the working grid (domain.md 3.1): the working grid's
-#: lower 120 HU makes up for its 3 mm partial volume, which a ~1 mm grid does not have
-FINE_BONE_HU = 150.0
+__all__ = ["bone_on_reference", "refine_bone_edge"]
 
 
 def bone_on_reference(bone: NDArray[np.bool_], ct: Volume, reference: Volume, *,
@@ -54,7 +50,7 @@ def bone_on_reference(bone: NDArray[np.bool_], ct: Volume, reference: Volume, *,
                         dtype=np.float32)
     return refine_bone_edge(bone, hu, reference.spacing,
                             work_spacing_mm=config.working_spacing_mm,
-                            bone_hu=max(config.bone_hu, FINE_BONE_HU),
+                            bone_hu=max(config.bone_hu, config.fine_bone_hu),
                             edge_soft_hu=config.bone_edge_soft_hu,
                             edge_fraction=config.bone_edge_fraction)
 

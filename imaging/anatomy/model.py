@@ -100,6 +100,13 @@ class AnatomyConfig:
     bone_edge_soft_hu: float = 40.0
     bone_min_ml: float = 5.0
     bone_min_peak_hu: float = 300.0
+    # contrast-filled lumina kept out of bone (arterial-phase blood against the spine)
+    lumen_max_hu: float = 450.0
+    lumen_core_mm: tuple[float, float] = (9.0, 15.0)
+    lumen_min_soft_rim: float = 0.4
+    lumen_min_length_mm: float = 75.0
+    # bone edge placed again on output grids finer than the working grid (domain.md 3.1)
+    fine_bone_hu: float = 150.0
     marrow_fill_max_cm2: float = 40.0
     marrow_min_hu: float = 60.0
     fatty_marrow_max_cm2: float = 8.0

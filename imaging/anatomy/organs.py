@@ -32,7 +32,6 @@ from imaging.vocabulary import AnatomyLabel, Landmark
 __all__ = ["OrganResult", "find_organs"]
 
 
-
 @dataclass(frozen=True, slots=True)
 class OrganResult:
     """One organ mask (or None) with confidence and reason."""
@@ -641,7 +640,7 @@ def _loop_pieces(avid: NDArray[np.bool_], lab: NDArray[Any], n: int, loops: NDAr
     out = np.zeros(n + 1, dtype=bool)
     if n == 0 or config.bowel_fragment_ratio is None or not loops[1:].any():
         return out
-    plateau = float(np.percentile(pet_c[loops[lab] & avid], 90))
+    plateau = float(np.percentile(pet_c[loops[lab]], 90))
     peak = np.zeros(n + 1)
     peak[1:] = ndi.maximum(pet_c[avid], lab[avid], index=np.arange(1, n + 1))
     top = avid & (pet_c >= 0.5 * peak[lab])
@@ -773,9 +772,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             np.bincount(lab[avid & keep_out], minlength=n + 1) < 0.5 * count)
         loops = ok[lab]
     # foci much hotter than their loop stay out of the mask (a node against a loop)
-    core = np.zeros_like(loops)
-    if n and (config.bowel_peak_ratio is not None or config.bowel_band_peak_ratio is not None):
-        core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out, s, config)
+    core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out, s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -795,7 +792,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
                        f"the wall / content around it; para-aortic band, psoas and pelvic side "
                        "walls kept out (nodal stations)"
                        + ("" if config.bowel_peak_ratio is None else
-                          f"; focal cores above {config.bowel_peak_ratio:g} x the loop's SUV "
+                          f"; foci above {config.bowel_peak_ratio:g} x their loop's plateau "
                           "left out"))
 
 
@@ -824,12 +821,12 @@ def _loop_cores(lab: NDArray[Any], n: int, loops: NDArray[np.bool_], pet_c: NDAr
     ``bowel_peak_ratio`` x the loop's plateau (the 90th percentile of the loop's smoothed SUV,
     so a loop's own axis, where its blurred profile peaks, is not a focus) that form focal parts
     (at most ``bowel_core_max_ml``, and not tubular: a ureter bolus running under the loop is a
-    streak) are left out, with a one-voxel rim. Optional,
-    inside the nodal band ``keep_out``: voxels above ``bowel_band_peak_ratio`` x the loop's local
-    mean over ``bowel_focus_max_mm`` (at least three together, ``bowel_band_rim`` rim).
+    streak) are left out, with a one-voxel rim. Optional, inside the nodal band ``keep_out``:
+    voxels above ``bowel_band_peak_ratio`` x the loop's local mean over ``bowel_focus_max_mm``
+    (at least three together, ``bowel_band_rim`` rim). Either ratio None turns its part off.
     """
-    mask = loops[lab]
-    core = np.zeros_like(mask)
+    mask: NDArray[np.bool_] = np.asarray(loops[lab], dtype=bool)
+    core: NDArray[np.bool_] = np.zeros_like(mask)
     if not mask.any():
         return core
     if config.bowel_peak_ratio is not None:

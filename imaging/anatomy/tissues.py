@@ -226,24 +226,13 @@ def _half_max_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
     return out
 
 
-#: upper HU of enhanced blood (arterial phase); cortical bone lies above
-BLOOD_MAX_HU = 450.0
-#: a lumen holds a box this wide in-plane and this tall (mm) of blood-dense voxels
-_LUMEN_CORE_MM = (9.0, 15.0)
-#: a lumen's outline runs through soft tissue (< bone threshold) for at least this fraction
-LUMEN_MIN_SOFT_RIM = 0.4
-#: a lumen runs at least this far along z (a lumbar vertebral body is 25-35 mm tall, and on
-#: a coarse grid two of them can join across a thin disc)
-LUMEN_MIN_LENGTH_MM = 75.0
-
-
 def _odd_voxels(mm: float, spacing_mm: float) -> int:
     """Odd box width (voxels) closest to ``mm``, at least 1."""
     return max(1, 2 * round(mm / spacing_mm / 2.0) + 1)
 
 
 def contrast_lumina(hu: NDArray[np.float32], candidates: NDArray[np.bool_], spacing_mm: float,
-                    *, bone_hu: float) -> NDArray[np.bool_]:
+                    *, config: AnatomyConfig) -> NDArray[np.bool_]:
     """Contrast-filled lumina among the bone candidates, with their partial-volume wall.
 
     Parameters
@@ -254,33 +243,39 @@ def contrast_lumina(hu: NDArray[np.float32], candidates: NDArray[np.bool_], spac
         Voxels at or above the bone threshold (inside the body).
     spacing_mm : float
         Isotropic voxel size.
-    bone_hu : float
-        The bone threshold (HU); voxels below it count as soft tissue around a lumen.
+    config : AnatomyConfig
+        ``bone_hu`` (voxels below it count as soft tissue around a lumen) and the ``lumen_*``
+        rule: ``lumen_max_hu`` (upper HU of enhanced arterial-phase blood; cortical bone lies
+        above), ``lumen_core_mm`` (in-plane width and height of the box of blood-dense voxels a
+        lumen holds), ``lumen_min_soft_rim`` (share of its in-plane outline in soft tissue) and
+        ``lumen_min_length_mm`` (extent along z: a lumbar vertebral body is 25-35 mm tall, and on
+        a coarse grid two of them can join across a thin disc).
 
     Returns
     -------
     ndarray of bool, shape (Z, Y, X)
-        The lumina and the one-voxel in-plane rim around them that is below ``BLOOD_MAX_HU``
+        The lumina and the one-voxel in-plane rim around them that is below ``lumen_max_hu``
         (so a calcified plaque or the cortex of a vertebra touching the vessel stays a bone
         candidate).
 
     Notes
     -----
-    Blood-dense voxels are ``candidates`` below ``BLOOD_MAX_HU``; their opening by a
-    ``_LUMEN_CORE_MM`` box leaves the wide, homogeneous regions. A component of those is a
-    lumen when at least ``LUMEN_MIN_SOFT_RIM`` of the voxels just outside it in-plane are
+    Blood-dense voxels are ``candidates`` below ``lumen_max_hu``; their opening by a
+    ``lumen_core_mm`` box leaves the wide, homogeneous regions. A component of those is a
+    lumen when at least ``lumen_min_soft_rim`` of the voxels just outside it in-plane are
     soft tissue (below ``bone_hu``). Marrow of blood density sits inside cortex and trabecular
     bone, so its rim is above the threshold almost everywhere.
     """
     out = np.zeros(hu.shape, dtype=bool)
-    dense = candidates & (hu < np.float32(BLOOD_MAX_HU))
+    blood_max = np.float32(config.lumen_max_hu)
+    dense = candidates & (hu < blood_max)
     box = bbox(dense, pad=2)
     if box is None:
         return out
     sub_hu = hu[box]
     sub = dense[box]
-    w = _odd_voxels(_LUMEN_CORE_MM[0], spacing_mm)
-    h = _odd_voxels(_LUMEN_CORE_MM[1], spacing_mm)
+    w = _odd_voxels(config.lumen_core_mm[0], spacing_mm)
+    h = _odd_voxels(config.lumen_core_mm[1], spacing_mm)
     size = (h, w, w)
     core = _erode(sub, size)
     if not core.any():
@@ -296,8 +291,8 @@ def contrast_lumina(hu: NDArray[np.float32], candidates: NDArray[np.bool_], spac
             grown[take] = nb[take]
     rim = (grown > 0) & (labels == 0)
     rim_n = np.bincount(grown[rim], minlength=n + 1)
-    soft_n = np.bincount(grown[rim & (sub_hu < np.float32(bone_hu))], minlength=n + 1)
-    lumen = soft_n >= LUMEN_MIN_SOFT_RIM * np.maximum(rim_n, 1)
+    soft_n = np.bincount(grown[rim & (sub_hu < np.float32(config.bone_hu))], minlength=n + 1)
+    lumen = soft_n >= config.lumen_min_soft_rim * np.maximum(rim_n, 1)
     lumen[0] = False
     # and it is a tube: longer along z than a vertebral body between two discs, or cut by the
     # first or last slice of the scan
@@ -306,12 +301,12 @@ def contrast_lumina(hu: NDArray[np.float32], candidates: NDArray[np.bool_], spac
         if sl is None or not lumen[lab]:
             continue
         k0, k1 = sl[0].start + box[0].start, sl[0].stop + box[0].start
-        long_ = (k1 - k0) * spacing_mm >= LUMEN_MIN_LENGTH_MM
+        long_ = (k1 - k0) * spacing_mm >= config.lumen_min_length_mm
         lumen[lab] = long_ or k0 == 0 or k1 == nz
     if not lumen[1:].any():
         return out
     inside = lumen[grown]
-    out[box] = inside & (sub_hu < np.float32(BLOOD_MAX_HU))
+    out[box] = inside & (sub_hu < blood_max)
     return out
 
 
@@ -394,7 +389,7 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
     bone = (hu >= config.bone_hu) & body & ~metal
     # contrast-filled lumina lying against bone would merge with it: out before the closing,
     # and again after it, so neither closing nor marrow fill bridges them back
-    lumina = contrast_lumina(hu, bone, spacing_mm, bone_hu=config.bone_hu)
+    lumina = contrast_lumina(hu, bone, spacing_mm, config=config)
     bone &= ~lumina
     if config.bone_edge_fraction > 0.0:
         bone = _half_max_edge(bone, hu, config)

@@ -291,7 +291,7 @@ def test_marrow_of_blood_density_inside_cortex_is_not_a_lumen() -> None:
     from imaging.anatomy.tissues import contrast_lumina
 
     hu, vertebra, tube = _spine_and_aorta(tube_hu=200.0)
-    lumina = contrast_lumina(hu, hu >= 120.0, 3.0, bone_hu=120.0)
+    lumina = contrast_lumina(hu, hu >= 120.0, 3.0, config=AnatomyConfig(bone_hu=120.0))
     assert not (lumina & vertebra).any()
     assert np.count_nonzero(lumina & tube) >= 0.9 * tube.sum()
     # a short blob of blood density (shorter than a vertebral body, inside the scan) is left to
@@ -299,4 +299,5 @@ def test_marrow_of_blood_density_inside_cortex_is_not_a_lumen() -> None:
     short = hu.copy()
     short[:10] = 40.0
     short[20:] = 40.0
-    assert not contrast_lumina(short, short >= 120.0, 3.0, bone_hu=120.0).any()
+    assert not contrast_lumina(short, short >= 120.0, 3.0,
+                               config=AnatomyConfig(bone_hu=120.0)).any()

@@ -490,21 +490,27 @@ def test_suv_peak_at_the_image_border_uses_only_voxels_inside() -> None:
     assert les.voxel_count == 125
 
 
+def _noisy_pet(activity: NDArray[np.floating], coefficient: float, *, seed: int
+               ) -> NDArray[np.float64]:
+    """``activity`` blurred by the PSF with Poisson-like noise of SD ``coefficient x sqrt(SUV)``,
+    correlated over about one voxel, as the phantoms' PET."""
+    clean = _blur(activity)
+    noise = ndimage.gaussian_filter(np.random.default_rng(seed).standard_normal(clean.shape), 0.7)
+    noise /= noise.std()
+    return np.maximum(clean + coefficient * np.sqrt(clean) * noise, 0.0)
+
+
 # -- contrast to noise ---------------------------------------------------------------------
 
 def test_noise_maxima_of_avid_tissue_are_dropped_and_a_real_focus_is_kept() -> None:
     """Noise of a moderately avid organ (SUV 2.4, noise coefficient 0.3) crosses SUV 3; only the
     focus that stands 5 noise SDs out of its surroundings is a lesion."""
     shape = (50, 60, 60)
-    rng = np.random.default_rng(3)
     organ = np.zeros(shape, dtype=bool)
     organ[5:45, 5:55, 5:55] = True
     act = np.where(organ, 2.4, 0.3)
     act[_ball(shape, (75.0, 120.0, 120.0), 8.0)] = 12.0
-    clean = _blur(act)
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)
-    noise /= noise.std()
-    arr = np.maximum(clean + 0.3 * np.sqrt(clean) * noise, 0.0)
+    arr = _noisy_pet(act, 0.3, seed=3)
     liver = _ball(shape, (60.0, 80.0, 80.0), 20.0)  # the reference VOI sits in the organ
     anatomy = {A.BODY: np.ones(shape, dtype=bool), A.LIVER: liver & organ}
     off = find_lesions(_suv(arr), anatomy=anatomy,
@@ -529,15 +535,11 @@ def test_avid_marrow_noise_is_not_bone_disease_but_a_bone_lesion_is() -> None:
     """[18F]PSMA-1007-like marrow (SUV 2.1, noisy) crosses the bone threshold of 3; the
     skeleton's own noise bound keeps it out and a bone metastasis still stands out."""
     shape = (50, 60, 60)
-    rng = np.random.default_rng(5)
     bone = np.zeros(shape, dtype=bool)
     bone[5:45, 10:50, 20:40] = True
     act = np.where(bone, 2.1, 0.5)
     act[_ball(shape, (75.0, 120.0, 120.0), 8.0)] = 15.0
-    clean = _blur(act)
-    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 0.7)
-    noise /= noise.std()
-    arr = np.maximum(clean + 0.22 * np.sqrt(clean) * noise, 0.0)
+    arr = _noisy_pet(act, 0.22, seed=5)
     anatomy = {A.BODY: np.ones(shape, dtype=bool), A.BONE: bone}
     plain = find_lesions(_suv(arr), anatomy=anatomy,
                          config=LesionConfig(adaptive_organs=(), min_contrast_noise=None))
