@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,23 @@ class AnatomyConfig:
                 f"anatomy.working_spacing_mm must be in [0.5, 8] mm, got "
                 f"{self.working_spacing_mm}."
             )
+        positive = ("bowel_fragment_ml", "bowel_fragment_kidney_mm", "ureter_hilum_mm",
+                    "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu")
+        optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio")
+        for name in positive + optional_positive:
+            value = getattr(self, name)
+            if value is None and name in optional_positive:
+                continue
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(f"anatomy.{name} must be a positive number"
+                                  f"{' or none' if name in optional_positive else ''}, "
+                                  f"got {value!r}.")
+        if not 0.0 <= self.lumen_min_soft_rim <= 1.0:
+            raise ConfigError(f"anatomy.lumen_min_soft_rim is a share of the outline, in [0, 1]; "
+                              f"got {self.lumen_min_soft_rim!r}.")
+        if len(self.lumen_core_mm) != 2 or min(self.lumen_core_mm) <= 0:
+            raise ConfigError(f"anatomy.lumen_core_mm must be two positive sizes (in-plane, "
+                              f"along z) in mm, got {self.lumen_core_mm!r}.")
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,12 @@ def test_wrong_unit_and_empty_ct_are_rejected() -> None:
     ({"provider": "totalsegmentator"}, "provider_path"),
     ({"pelvic_boundary": "l5"}, "pelvic_boundary"),
     ({"working_spacing_mm": 20.0}, "working_spacing_mm"),
+    ({"bowel_fragment_ratio": -1.0}, "bowel_fragment_ratio"),
+    ({"bowel_peak_ratio": float("nan")}, "bowel_peak_ratio"),
+    ({"ureter_hilum_mm": 0.0}, "ureter_hilum_mm"),
+    ({"lumen_min_soft_rim": 1.5}, "lumen_min_soft_rim"),
+    ({"lumen_core_mm": (9.0, 0.0)}, "lumen_core_mm"),
+    ({"fine_bone_hu": -5.0}, "fine_bone_hu"),
 ])
 def test_config_rejects_bad_values(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
