@@ -68,14 +68,26 @@ def _block_reduce_any(mask: NDArray[np.bool_], f: int) -> NDArray[np.bool_]:
     return np.asarray(m.mean(axis=(1, 3, 5)) >= 0.5, dtype=bool)
 
 
-def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, lung_bottom_z: float | None,
+# The femoral heads lie 150-550 mm below the diaphragm (the lung bases' 20 %-area level; 270-335
+# mm in the synthetic cohort, about 300-380 mm in adults): the search is limited to that band.
+_HIPS_BELOW_DIAPHRAGM_MM = (150.0, 550.0)
+
+
+def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, diaphragm_z: float | None,
                    frame: PelvisFrame, config: AnatomyConfig) -> None:
+    """Left and right femoral heads: deepest points of the lateral bone below the diaphragm.
+
+    The search band hangs from the diaphragm, not from the lowest lung voxel: air the lung
+    rule takes in by mistake (a sheet of air trapped between the back and a couch, enclosed
+    in the body on a coarse CT) can run far below the lung bases, and anchored on it the band
+    slid below the hips, into the femoral shafts.
+    """
     s = grid.spacing_mm
     xs, zs = grid.x_mm(), grid.z_mm()
     zlo, zhi = zs[0], zs[-1]
-    if lung_bottom_z is not None:
-        zhi = min(zhi, lung_bottom_z - 100.0)
-        zlo = max(zlo, lung_bottom_z - 500.0)
+    if diaphragm_z is not None:
+        zhi = min(zhi, diaphragm_z - _HIPS_BELOW_DIAPHRAGM_MM[0])
+        zlo = max(zlo, diaphragm_z - _HIPS_BELOW_DIAPHRAGM_MM[1])
     kz = np.flatnonzero((zs >= zlo) & (zs <= zhi))
     if kz.size < 3 or not t.bone[kz[0]:kz[-1] + 1].any():
         for lm in (LM.FEMORAL_HEAD_LEFT, LM.FEMORAL_HEAD_RIGHT):
@@ -328,7 +340,6 @@ def find_landmarks(t: Tissues, grid: WorkGrid, *, config: AnatomyConfig) -> Pelv
                         spacing_mm=grid.spacing_mm)
     zs = grid.z_mm()
     lung_z = np.flatnonzero(t.lungs.any(axis=(1, 2)))
-    lung_bottom = float(zs[lung_z[0]]) if lung_z.size else None
     if lung_z.size:
         # diaphragm: lowest slice where the lungs cover a fifth of their largest area
         area = t.lungs.sum(axis=(1, 2))
@@ -339,7 +350,7 @@ def find_landmarks(t: Tissues, grid: WorkGrid, *, config: AnatomyConfig) -> Pelv
             "lowest slice where the lungs reach a fifth of their largest area (dome estimate)")
     else:
         frame.landmarks[LM.LIVER_DOME] = _missing("no lungs in the CT")
-    _femoral_heads(t, grid, x_mid, lung_bottom, frame, config)
+    _femoral_heads(t, grid, x_mid, frame.diaphragm_z_mm, frame, config)
     heads = [frame.landmarks[lm].position_mm for lm in (LM.FEMORAL_HEAD_LEFT,
                                                          LM.FEMORAL_HEAD_RIGHT)]
     found = [h for h in heads if h is not None]
