@@ -1,7 +1,7 @@
 """Validate end-to-end staging against the synthetic patients' truth.
 
 Run: ``.venv/bin/python benchmarks/validate_staging.py [--patients 52] [--seed 6000]
-[--jobs 2] [--out validation-staging] [--size small]``
+[--jobs 2] [--out validation-staging] [--size small] [--anatomy rule|model]``
 
 Generates a mixed-stage cohort (stage mix of the cohort study: T0N0M0 / TrN0M0 / N1-M1 =
 46 / 19 / 48 of 113, the N1-M1 share split between N1/M1a and M1b-M1c), writes every patient in
@@ -13,6 +13,13 @@ and prone patients and the three tracers, stages each one with :func:`staging.pi
 * ``mitnm`` string accuracy (target >= 90 %),
 * per-category lesion counts equal to the truth for all five categories (target >= 90 %),
 * per-category count agreement, the group confusion matrix, and every mismatch with its cause.
+
+``--anatomy rule`` (default) stages with the rule-based anatomy labeller. ``--anatomy model``
+also writes each patient's organ map as a TotalSegmentator-style folder of per-class NIfTIs
+(:func:`fixtures.phantom.write_totalseg`: the classes of TotalSegmentator's default task only, so
+no ureters) and stages with ``anatomy.provider = "totalsegmentator"`` on it, as
+``psma-stage stage ... --anatomy totalsegmentator:PATH`` would: what is left wrong then is not
+the rule labeller's doing for the structures the model covers. The mode is in the summary.
 
 A study that fails to stage counts as wrong (its error is listed). Results:
 ``OUT/per_patient.csv``, ``OUT/summary.json`` and a Markdown summary on stdout for
@@ -32,7 +39,7 @@ import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -61,15 +68,30 @@ def plan(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def run_one(item: dict[str, Any], work: str, size: str) -> dict[str, Any]:
+ANATOMY_MODES = ("rule", "model")
+
+
+def anatomy_overrides(mode: str, provider_dir: Path | None) -> dict[str, Any]:
+    """The ``[anatomy]`` config overrides of an anatomy mode (``{}`` for the rule labeller)."""
+    if mode == "rule":
+        return {}
+    if mode == "model" and provider_dir is not None:
+        return {"provider": "totalsegmentator", "provider_path": str(provider_dir)}
+    raise ValueError(f"anatomy mode must be one of {ANATOMY_MODES} (model needs the folder), "
+                     f"got {mode!r}.")
+
+
+def run_one(item: dict[str, Any], work: str, size: Literal["small", "full"],
+            anatomy: str = "rule") -> dict[str, Any]:
     """Generate, write, stage and compare one patient (runs in a worker process)."""
-    from fixtures.phantom import generate_patient, write_patient
+    from fixtures.phantom import generate_patient, write_patient, write_totalseg
     from staging.config import load_config
     from staging.models import StudySource
     from staging.pipeline import stage_study
 
     row: dict[str, Any] = {k: item[k] for k in ("index", "seed", "format", "vendor",
                                                  "orientation", "tracer")}
+    row["anatomy"] = anatomy
     t0 = time.perf_counter()
     patient = generate_patient(item["seed"], size=size, stage=item["stage"],
                                orientation=item["orientation"], tracer=item["tracer"])
@@ -86,15 +108,21 @@ def run_one(item: dict[str, Any], work: str, size: str) -> dict[str, Any]:
         source = StudySource.from_nifti(pdir / "nifti" / "SUV.nii.gz",
                                         pdir / "nifti" / "CTres.nii.gz",
                                         patient_id=truth["patient_id"])
+    provider_dir = write_totalseg(patient, pdir / "totalsegmentator") if anatomy == "model" \
+        else None
     row["generate_s"] = round(time.perf_counter() - t0, 2)
     t1 = time.perf_counter()
     try:
         # DICOM names its radiopharmaceutical (tracer "auto" reads it); NIfTI does not, so the
         # tracer is set as a user would set it
-        overrides = {} if item["format"] == "dicom" else {"lesion": {"tracer": item["tracer"]}}
-        result = stage_study(source, root / "result", config=load_config(**overrides))
+        overrides: dict[str, dict[str, Any]] = (
+            {} if item["format"] == "dicom" else {"lesion": {"tracer": item["tracer"]}})
+        if anatomy != "rule":
+            overrides["anatomy"] = anatomy_overrides(anatomy, provider_dir)
+        result = stage_study(source, root / "result", config=load_config(None, **overrides))
         rec = result.record
         row.update(error="", group=rec["group"], emmett=rec["emmett_group"], mitnm=rec["mitnm"],
+                   anatomy_provider=rec["anatomy_provider"],
                    needs_review=rec["needs_review"],
                    equivocal=int(rec["counts_by_category"]["equivocal"]),
                    **{c: int(rec["counts_by_category"][c]) for c in CATEGORIES},
@@ -104,6 +132,7 @@ def run_one(item: dict[str, Any], work: str, size: str) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - a failed study is a result of the validation
         row.update(error=f"{type(err).__name__}: {err}".replace("\n", " "), group="", emmett="",
                    mitnm="", needs_review="", equivocal="", review="", lesions="",
+                   anatomy_provider="",
                    **{c: "" for c in CATEGORIES})
         row["traceback"] = traceback.format_exc(limit=3)
     row["stage_s"] = round(time.perf_counter() - t1, 2)
@@ -113,7 +142,7 @@ def run_one(item: dict[str, Any], work: str, size: str) -> dict[str, Any]:
     return row
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], *, anatomy: str = "rule") -> dict[str, Any]:
     n = len(rows)
     ok = [r for r in rows if not r["error"]]
     group = sum(r["group"] == r["true_group"] for r in ok)
@@ -133,6 +162,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "mitnm": sum(r["mitnm"] == r["true_mitnm"] for r in sub) / len(sub),
         }
     return {
+        "anatomy": anatomy,
+        "anatomy_providers": sorted({str(r["anatomy_provider"]) for r in ok}),
         "patients": n, "failed": n - len(ok),
         "group_accuracy": group / n, "emmett_accuracy": emmett / n,
         "mitnm_accuracy": mitnm / n, "counts_all_equal": counts / n,
@@ -145,7 +176,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(summary: dict[str, Any], args: argparse.Namespace) -> str:
+    anatomy = {"rule": "rule-based labeller", "model": "TotalSegmentator-style model masks"}
     lines = [
+        f"Anatomy: `--anatomy {summary['anatomy']}` ({anatomy[summary['anatomy']]}; provider "
+        f"in the records: {', '.join(summary['anatomy_providers']) or '-'}).",
+        "",
         f"Cohort: {summary['patients']} synthetic patients (`--seed {args.seed}`, size "
         f"{args.size}), true groups {summary['true_group_mix']}; failed to stage: "
         f"{summary['failed']}.",
@@ -183,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--size", default="small", choices=("small", "full"))
     parser.add_argument("--out", type=Path, default=Path("validation-staging"))
+    parser.add_argument("--anatomy", default="rule", choices=ANATOMY_MODES,
+                        help="rule: the rule-based anatomy labeller; model: stage with a "
+                             "TotalSegmentator-style folder written from the organ truth")
     parser.add_argument("--items", default=None, metavar="START:STOP",
                         help="run only this slice of the cohort plan (to shard a run)")
     parser.add_argument("--work", type=Path, default=None,
@@ -198,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, item, str(work), args.size) for item in items]
+        futures = [pool.submit(run_one, item, str(work), args.size, args.anatomy)
+                   for item in items]
         partial = (args.out / "per_patient.jsonl").open("w")
         for fut in futures:
             row = fut.result()
@@ -216,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    summary = summarise(rows)
-    summary.update(wall_s=round(time.perf_counter() - start, 1), jobs=args.jobs,
+    summary = summarise(rows, anatomy=args.anatomy)
+    summary.update(items=args.items or "all", wall_s=round(time.perf_counter() - start, 1),
+                   jobs=args.jobs,
                    machine=f"{platform.machine()}, {os.cpu_count()} cores",
                    load_average=os.getloadavg())
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
