@@ -188,6 +188,11 @@ class AnatomyConfig:
     ureter_chain_slope: float = 1.0
     ureter_bolus_max_ml: float = 1.0
     ureter_hilum_mm: float = 15.0
+    # the cheapest kidney-to-bladder path on PET and the hot pieces on it
+    ureter_course: bool = True
+    ureter_path_mm: float = 6.0
+    ureter_course_max_ml: float = 2.0
+    ureter_course_floor_suv: float = 0.05
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
     gallbladder_hu: tuple[float, float] = (-20.0, 22.0)
     gallbladder_reach_mm: float = 20.0
@@ -246,7 +251,9 @@ class AnatomyConfig:
                 f"{self.working_spacing_mm}."
             )
         positive = ("bowel_fragment_ml", "bowel_fragment_kidney_mm", "ureter_hilum_mm",
-                    "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu")
+                    "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu",
+                    "ureter_course_floor_suv", "ureter_course_max_ml",
+                    "ureter_path_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio")
         for name in positive + optional_positive:
             value = getattr(self, name)
@@ -256,6 +263,9 @@ class AnatomyConfig:
                 raise ConfigError(f"anatomy.{name} must be a positive number"
                                   f"{' or none' if name in optional_positive else ''}, "
                                   f"got {value!r}.")
+        if not isinstance(self.ureter_course, bool):
+            raise ConfigError(f"anatomy.ureter_course must be true or false, got "
+                              f"{self.ureter_course!r}.")
         if not 0.0 <= self.lumen_min_soft_rim <= 1.0:
             raise ConfigError(f"anatomy.lumen_min_soft_rim is a share of the outline, in [0, 1]; "
                               f"got {self.lumen_min_soft_rim!r}.")

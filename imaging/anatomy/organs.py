@@ -7,6 +7,7 @@ refined by CT soft-tissue density. Each comes with a confidence and a reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -922,11 +923,19 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     ok[0] = False
     ok |= _on_ureter_course(lab, n, cnt, mean, ok, grid, frame.x_mid_mm, config)
     ok |= _at_renal_hilum(lab, n, cnt, mean, kidneys[zsl], grid, frame.x_mid_mm, config)
-    if not ok.any():
+    on_path = np.zeros(lab.shape, dtype=bool)
+    if config.ureter_course and bladder is not None:
+        allowed = (t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl] & ~blocked[zsl]
+                   & (lat >= config.ureter_lateral_mm[0]) & (lat <= config.ureter_lateral_mm[1]))
+        course = _best_course(pet[zsl], allowed, kidneys[zsl], bladder[zsl], grid,
+                              frame.x_mid_mm, w, config)
+        on_course, on_path = _on_best_course(lab, n, cnt, pet[zsl], course, grid, config)
+        ok |= on_course
+    if not ok.any() and not on_path.any():
         return OrganResult(None, 0.0, f"no elongated SUV >= {config.ureter_suv:g} track "
                            f"(>= {config.ureter_min_length_mm:g} mm, length / width >= "
                            f"{config.ureter_min_elongation:g}) between kidneys and bladder")
-    mask = box_dilate(ok[lab], 1) & t.body[zsl] & ~excl
+    mask = box_dilate(ok[lab] | on_path, 1) & t.body[zsl] & ~excl
     return OrganResult(_uncrop(mask, zsl, t.body.shape), 0.5,
                        f"elongated SUV >= {config.ureter_suv:g} tracks (>= "
                        f"{config.ureter_min_length_mm:g} mm, length / width >= "
@@ -934,7 +943,9 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                        f"{config.ureter_lateral_mm[1]:g} mm off the midline between the kidneys "
                        "and the bladder, and the short boluses (<= "
                        f"{config.ureter_bolus_max_ml:g} mL) that line up along z in chains "
-                       "(equivocal, domain.md 3.1)")
+                       + (f"or lie within {config.ureter_path_mm:g} mm of the cheapest "
+                          "kidney-to-bladder path on PET " if config.ureter_course else "")
+                       + "(equivocal, domain.md 3.1)")
 
 
 def _at_renal_hilum(lab: NDArray[Any], n: int, count: NDArray[np.float64],
@@ -965,6 +976,99 @@ def _at_renal_hilum(lab: NDArray[Any], n: int, count: NDArray[np.float64],
         out |= near & medial & (count * s**3 / 1000.0 <= config.ureter_bolus_max_ml)
     out[0] = False
     return out
+
+
+def _pool2(a: NDArray[Any], func: Callable[..., Any], cval: float) -> NDArray[Any]:
+    """``a`` reduced by ``func`` over 2-voxel blocks along every axis (padded with ``cval``)."""
+    from skimage.measure import block_reduce
+
+    return np.asarray(block_reduce(a, (2,) * a.ndim, func, cval=cval))  # type: ignore[no-untyped-call]
+
+
+def _best_course(pet: NDArray[np.float32], allowed: NDArray[np.bool_],
+                 kidneys: NDArray[np.bool_], bladder: NDArray[np.bool_], grid: WorkGrid,
+                 x_mid: float, width: int, config: AnatomyConfig) -> NDArray[np.float64]:
+    """The cheapest kidney-to-bladder path on each side: its points (voxel indices of the crop).
+
+    Urine carries tracer the whole way from the renal pelvis to the bladder, so on PET the
+    ureter is the cheapest route between them when a step costs ``(c / top-hat)^2`` (``c`` =
+    ``ureter_contrast_suv``; the white top-hat of the box-smoothed PET with a ``width``-voxel
+    in-plane square, clipped to ``[ureter_course_floor_suv, c]``): a thin hot structure costs
+    1 per voxel, fat about ``(c / noise)^2``, so the path keeps to the ureter across the
+    stretches where no bolus stands out enough to be found by shape. Minimal paths
+    (:class:`skimage.graph.MCP_Geometric`, 26-connected) run on a grid coarsened 2 x by
+    maximum, so a 1-voxel ureter survives; one cost map from the bladder, traced back from
+    each side's kidney voxel nearest to it in cost.
+    """
+    from skimage.graph import MCP_Geometric
+
+    c = config.ureter_contrast_suv
+    points: list[NDArray[np.float64]] = []
+    box = bbox(allowed | kidneys | bladder, pad=1)
+    if box is None or not kidneys.any() or not bladder.any():
+        return np.empty((0, 3))
+    allowed, kidneys, bladder = allowed[box], kidneys[box], bladder[box]
+    ends = kidneys | bladder
+    smooth = _smooth(pet[box])
+    tophat = smooth - ndi.grey_opening(smooth, size=(1, width, width), mode="nearest")
+    top = _pool2(np.where(allowed | ends, tophat, -1.0), np.max, -1.0)
+    passable, kid, bla = (_pool2(m, np.any, False) for m in (allowed | ends, kidneys, bladder))
+    cost = (c / np.clip(top, config.ureter_course_floor_suv, c)) ** 2
+    cost[~passable] = -1.0  # MCP: negative costs are impassable
+    to_bladder = MCP_Geometric(cost, fully_connected=True)
+    from_bladder, _ = to_bladder.find_costs(np.argwhere(bla))
+    x = grid.x_mm()[box[2]]
+    xc = _pool2(x, np.mean, float(x[-1]))
+    offset = np.array([sl.start for sl in box], dtype=np.float64)
+    for sign in (1.0, -1.0):
+        side = sign * (xc - x_mid) > 0
+        at_kidney = np.where(kid & side[None, None, :], from_bladder, np.inf)
+        if not np.isfinite(at_kidney).any():
+            continue
+        start = tuple(int(v) for v in np.unravel_index(np.argmin(at_kidney), at_kidney.shape))
+        path = np.array(to_bladder.traceback(start), dtype=np.float64)
+        points.append(path * 2.0 + 0.5 + offset)  # centre of the 2 x 2 x 2 block
+    return np.concatenate(points) if points else np.empty((0, 3))
+
+
+def _on_best_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
+                    pet: NDArray[np.float32], course: NDArray[np.float64], grid: WorkGrid,
+                    config: AnatomyConfig) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Hot components and voxels on the best kidney-to-bladder path (:func:`_best_course`).
+
+    A piece of at most ``ureter_course_max_ml`` whose hottest voxel lies within
+    ``ureter_path_mm`` of the path is a ureter bolus: the path runs through it. A node beside
+    the ureter peaks at its own centre, off the path by its radius plus the ureter's. Inside
+    larger hot components (a ureter running into a loop or along a vessel) only the voxels
+    within ``ureter_path_mm`` of the path are taken. Returns (per component, per voxel).
+    """
+    from scipy.spatial import cKDTree
+
+    s = grid.spacing_mm
+    out = np.zeros(n + 1, dtype=bool)
+    voxels = np.zeros(lab.shape, dtype=bool)
+    if course.size == 0 or n == 0:
+        return out, voxels
+    tree = cKDTree(course * s)
+    small = (count * s**3 / 1000.0 <= config.ureter_course_max_ml) & (count > 0)
+    small[0] = False
+    if small.any():
+        # each small component's hottest voxel: sort its voxels by (label, SUV), take the last
+        vox = np.argwhere(small[lab])
+        ids = lab[tuple(vox.T)]
+        order = np.lexsort((pet[tuple(vox.T)], ids))
+        last = np.r_[ids[order][1:] != ids[order][:-1], True]
+        peaks = vox[order][last]
+        near, _ = tree.query(peaks * s, distance_upper_bound=config.ureter_path_mm + 1e-6)
+        out[ids[order][last][np.isfinite(near)]] = True
+    reach = config.ureter_path_mm / s
+    lo = np.maximum(np.floor(course.min(axis=0) - reach), 0).astype(int)
+    hi = np.ceil(course.max(axis=0) + reach + 1).astype(int)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    hot = np.argwhere(lab[box] > 0) + lo
+    near, _ = tree.query(hot * s, distance_upper_bound=config.ureter_path_mm + 1e-6)
+    voxels[tuple(hot[np.isfinite(near)].T)] = True
+    return out, voxels
 
 
 def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],

@@ -239,3 +239,61 @@ def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
     assert not out[0]
     off = _loop_pieces(avid, lab, n, loops, pet, 0.027, AnatomyConfig(bowel_fragment_ratio=None))
     assert not off.any()
+
+
+def test_best_course_follows_a_faint_ureter_and_takes_its_boluses_not_a_node() -> None:
+    import cc3d
+
+    from imaging.anatomy.grid import WorkGrid
+    from imaging.anatomy.organs import _best_course, _on_best_course
+
+    # 3 mm grid; right kidney high (z 40-50), bladder low and central (z 0-8); a ureter,
+    # 3 voxels wide as the PSF leaves it, winds between them at SUV 3 over a fat background of
+    # 0.3 with noise; one short bolus on it (SUV 12) and a node (SUV 12, radius 2 voxels)
+    # 6 voxels (18 mm) beside it
+    rng = np.random.default_rng(5)
+    shape = (54, 40, 60)
+    grid = WorkGrid(shape=shape, spacing_mm=3.0, origin_mm=(-90.0, -60.0, 0.0))
+    pet = (0.3 + 0.08 * rng.standard_normal(shape)).astype(np.float32)
+    kidneys = np.zeros(shape, dtype=bool)
+    kidneys[40:51, 15:25, 5:13] = True
+    bladder = np.zeros(shape, dtype=bool)
+    bladder[0:9, 12:28, 24:36] = True
+    pet[kidneys] = 30.0
+    pet[bladder] = 60.0
+    z = np.arange(9, 40)
+    ux = np.round(23 - 9 * np.sin((z - 9) / 31 * np.pi) - (z - 9) * 0.3).astype(int)
+    uy = np.full(z.shape, 20)
+    truth = np.zeros(shape, dtype=bool)
+    truth[z, uy, ux] = True
+    truth = ndi.binary_dilation(truth, structure=np.ones((3, 1, 1), bool))  # no gaps in z
+    pet[ndi.binary_dilation(truth, structure=np.ones((1, 3, 3), bool))] = 3.0
+    pet[24:27, 20, ux[24 - 9:27 - 9]] = 12.0  # bolus
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    node = (zz - 30) ** 2 + (yy - 20) ** 2 + (xx - (ux[30 - 9] + 6)) ** 2 <= 4
+    pet[node] = 12.0
+    allowed = np.ones(shape, dtype=bool) & ~kidneys & ~bladder
+    cfg = AnatomyConfig()
+    course = _best_course(pet, allowed, kidneys, bladder, grid, 0.0, 5, cfg)
+    assert course.shape[0] > 10
+    # the path keeps to the ureter between kidney and bladder, to within the 6 mm blocks it
+    # runs on (cutting a corner where the ureter bends)
+    dist = ndi.distance_transform_edt(~truth) * 3.0
+    between = (course[:, 0] > 10) & (course[:, 0] < 38)
+    pts = np.clip(np.round(course[between]).astype(int), 0, np.array(shape) - 1)
+    assert np.median(dist[tuple(pts.T)]) <= 6.0
+    assert dist[tuple(pts.T)].max() <= 10.0
+    # components: the bolus (with its ureter) is on the course, the node is not
+    hot = (pet >= 5.0) & ~kidneys & ~bladder
+    lab, n = cc3d.connected_components(hot, connectivity=26, return_N=True)
+    count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+    on, voxels = _on_best_course(lab, n, count, pet, course, grid, cfg)
+    assert on[lab[25, 20, ux[25 - 9]]]
+    assert not on[lab[30, 20, ux[30 - 9] + 6]]
+    assert not voxels[node].any()
+    # without a kidney there is no course, and nothing is taken
+    none = _best_course(pet, allowed, np.zeros(shape, bool), bladder, grid, 0.0, 5, cfg)
+    assert none.shape == (0, 3)
+    on, voxels = _on_best_course(lab, n, count, pet, none, grid, cfg)
+    assert not on.any()
+    assert not voxels.any()
