@@ -1057,10 +1057,10 @@ def _on_best_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
         vox = np.argwhere(small[lab])
         ids = lab[tuple(vox.T)]
         order = np.lexsort((pet[tuple(vox.T)], ids))
-        last = np.r_[ids[order][1:] != ids[order][:-1], True]
-        peaks = vox[order][last]
-        near, _ = tree.query(peaks * s, distance_upper_bound=config.ureter_path_mm + 1e-6)
-        out[ids[order][last][np.isfinite(near)]] = True
+        ids, vox = ids[order], vox[order]
+        last = np.r_[ids[1:] != ids[:-1], True]
+        near, _ = tree.query(vox[last] * s, distance_upper_bound=config.ureter_path_mm + 1e-6)
+        out[ids[last][np.isfinite(near)]] = True
     reach = config.ureter_path_mm / s
     lo = np.maximum(np.floor(course.min(axis=0) - reach), 0).astype(int)
     hi = np.ceil(course.max(axis=0) + reach + 1).astype(int)
