@@ -108,9 +108,10 @@ class AnatomyConfig:
     lumen_min_length_mm: float = 75.0
     # bone edge placed again on output grids finer than the working grid (domain.md 3.1)
     # (threshold; the edge at the half maximum, which 1 mm voxels resolve; marrow enclosed by
-    # cortex whose gaps up to ``fine_marrow_bridge_mm`` (vascular foramina) are bridged, and
-    # whose in-plane mean over ``fine_marrow_window_mm`` reaches cancellous bone density
-    # ``fine_marrow_min_hu``: an intervertebral disc, 70-100 HU, stays out)
+    # cortex whose gaps up to ``fine_marrow_bridge_mm`` (vascular foramina) are bridged, kept
+    # per in-plane piece whose median in-plane mean over ``fine_marrow_window_mm`` reaches
+    # cancellous bone density ``fine_marrow_min_hu`` or is fat (``fatty_marrow_max_hu``): an
+    # intervertebral disc, 70-100 HU, stays out)
     fine_bone_hu: float = 150.0
     fine_bone_edge_fraction: float = 0.5
     fine_marrow_bridge_mm: float = 3.0

@@ -19,35 +19,36 @@ def _refine(bone: np.ndarray, hu: np.ndarray) -> np.ndarray:
                             edge_fraction=config.fine_bone_edge_fraction,
                             marrow_bridge_mm=config.fine_marrow_bridge_mm,
                             marrow_min_hu=config.fine_marrow_min_hu,
-                            marrow_window_mm=config.fine_marrow_window_mm)
+                            marrow_window_mm=config.fine_marrow_window_mm,
+                            fatty_marrow_max_hu=config.fatty_marrow_max_hu)
 
 
 def _column(*, marrow_hu: float, disc_hu: float, gap_mm: float = 0.0,
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A column of two vertebral bodies (radius 18 mm, 2 mm cortex of 900 HU) with a 10 mm disc
+    """A column of two vertebral bodies (radius 22 mm, as wide as a lower thoracic one; 2 mm
+    cortex of 900 HU) with a 10 mm disc
     between them, in 40 HU soft tissue, on 2 x 1 x 1 mm voxels.
 
     The disc keeps a ring of cortex (the endplate rim cut by the slice), so each of its slices
     is a closed ring, as the coarse mask's marrow fill sees it. ``gap_mm`` opens the posterior
     cortex of the bodies (a basivertebral foramen). Returns the HU, the coarse mask (the whole
     column, disc filled, as a 3 mm marrow fill leaves it), the marrow of the bodies and the
-    disc farther than 7 mm from the cortex ring (nearer, the 7 mm in-plane window of the
-    density check takes in the cortex and reaches cancellous density: a known limit).
+    inside of the disc.
     """
     nz = 30
-    z, y, x = np.meshgrid(np.arange(nz) * 2.0, np.arange(-40, 40) + 0.5,
-                          np.arange(-40, 40) + 0.5, indexing="ij")
+    z, y, x = np.meshgrid(np.arange(nz) * 2.0, np.arange(-48, 48) + 0.5,
+                          np.arange(-48, 48) + 0.5, indexing="ij")
     r = np.hypot(x, y)
     disc = (z >= 26.0) & (z < 36.0)
     hu = np.full(z.shape, 40.0, dtype=np.float32)
-    inside = r <= 16.0
-    hu[(r <= 18.0) & ~inside] = 900.0
-    foramen = (np.abs(x) < gap_mm / 2.0) & (y > 0) & ~inside & (r <= 18.0) & ~disc
+    inside = r <= 20.0
+    hu[(r <= 22.0) & ~inside] = 900.0
+    foramen = (np.abs(x) < gap_mm / 2.0) & (y > 0) & ~inside & (r <= 22.0) & ~disc
     hu[foramen] = 40.0
     hu[inside & ~disc] = marrow_hu
     hu[inside & disc] = disc_hu
-    coarse = r <= 19.5
-    return hu, coarse, inside & ~disc, (r <= 9.0) & disc
+    coarse = r <= 23.5
+    return hu, coarse, inside & ~disc, inside & disc
 
 
 @pytest.mark.parametrize("disc_hu", [70.0, 90.0])
@@ -71,6 +72,20 @@ def test_marrow_below_the_threshold_is_filled_through_a_foramen() -> None:
                                  edge_fraction=config.fine_bone_edge_fraction,
                                  marrow_bridge_mm=0.0, marrow_min_hu=config.fine_marrow_min_hu)
     assert np.count_nonzero(unbridged & marrow) <= 0.1 * marrow.sum()
+
+
+def test_the_fatty_marrow_of_a_long_bone_is_filled() -> None:
+    # a femoral shaft: 4 mm cortex of 1200 HU around a 24 mm medullary cavity of yellow marrow
+    # (-60 HU); the coarse mask holds the whole shaft (the working grid's fatty-marrow fill)
+    z, y, x = np.meshgrid(np.arange(10) * 2.0, np.arange(-30, 30) + 0.5,
+                          np.arange(-30, 30) + 0.5, indexing="ij")
+    r = np.hypot(x, y)
+    hu = np.full(z.shape, 40.0, dtype=np.float32)
+    cavity = r <= 12.0
+    hu[(r <= 16.0) & ~cavity] = 1200.0
+    hu[cavity] = -60.0
+    bone = _refine(r <= 17.5, hu)
+    assert bone[cavity].all()
 
 
 def test_the_fine_edge_lies_at_the_half_maximum() -> None:
