@@ -146,7 +146,10 @@ def refine_bone_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
     if marrow_min_hu is not None and marrow.any():
         m = (1, _odd_width(marrow_window_mm, spacing_mm[1]),
              _odd_width(marrow_window_mm, spacing_mm[2]))
-        local = ndi.uniform_filter(sub_hu, size=m, mode="nearest")
+        mbox = bbox(marrow, pad=m[1] // 2 + 1)
+        assert mbox is not None  # marrow.any()
+        local = np.zeros(marrow.shape, dtype=np.float32)
+        local[mbox] = ndi.uniform_filter(sub_hu[mbox], size=m, mode="nearest")
         # each in-plane piece of marrow is judged as a whole, by the median of its local means
         # (the pieces never reach a slice's first or last row: the box is padded around the
         # coarse mask, so stacking the slices joins none of them)
