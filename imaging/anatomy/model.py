@@ -107,7 +107,16 @@ class AnatomyConfig:
     lumen_min_soft_rim: float = 0.4
     lumen_min_length_mm: float = 75.0
     # bone edge placed again on output grids finer than the working grid (domain.md 3.1)
+    # (threshold; the edge at the half maximum, which 1 mm voxels resolve; marrow enclosed by
+    # cortex whose gaps up to ``fine_marrow_bridge_mm`` (vascular foramina) are bridged, kept
+    # per in-plane piece whose median in-plane mean over ``fine_marrow_window_mm`` reaches
+    # cancellous bone density ``fine_marrow_min_hu`` or is fat (``fatty_marrow_max_hu``): an
+    # intervertebral disc, 70-100 HU, stays out)
     fine_bone_hu: float = 150.0
+    fine_bone_edge_fraction: float = 0.5
+    fine_marrow_bridge_mm: float = 3.0
+    fine_marrow_min_hu: float = 100.0
+    fine_marrow_window_mm: float = 7.0
     marrow_fill_max_cm2: float = 40.0
     marrow_min_hu: float = 60.0
     fatty_marrow_max_cm2: float = 8.0
@@ -252,6 +261,7 @@ class AnatomyConfig:
             )
         positive = ("bowel_fragment_ml", "bowel_fragment_kidney_mm", "ureter_hilum_mm",
                     "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu",
+                    "fine_marrow_bridge_mm", "fine_marrow_window_mm",
                     "ureter_course_floor_suv", "ureter_course_max_ml",
                     "ureter_path_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio")
@@ -266,6 +276,14 @@ class AnatomyConfig:
         if not isinstance(self.ureter_course, bool):
             raise ConfigError(f"anatomy.ureter_course must be true or false, got "
                               f"{self.ureter_course!r}.")
+        if not 0.0 < self.fine_bone_edge_fraction < 1.0:
+            raise ConfigError(f"anatomy.fine_bone_edge_fraction is a share of the way from soft "
+                              f"tissue to the local peak, in (0, 1) (0.5: the half maximum); got "
+                              f"{self.fine_bone_edge_fraction!r}.")
+        if not (isinstance(self.fine_marrow_min_hu, int | float)
+                and math.isfinite(self.fine_marrow_min_hu)):
+            raise ConfigError(f"anatomy.fine_marrow_min_hu must be a finite HU value, got "
+                              f"{self.fine_marrow_min_hu!r}.")
         if not 0.0 <= self.lumen_min_soft_rim <= 1.0:
             raise ConfigError(f"anatomy.lumen_min_soft_rim is a share of the outline, in [0, 1]; "
                               f"got {self.lumen_min_soft_rim!r}.")
