@@ -169,6 +169,12 @@ class LesionConfig:
     psf_fwhm_mm : float or None
         Gaussian PSF FWHM (mm) of the spill model; ``None`` fits it on the most compact hot
         excluded organ (candidates 3.5-10.6 mm) [D].
+    organ_fringe_drop : bool
+        Drop a component that touches voxels an organ-adaptive threshold removed, when its
+        SUVmax is below that organ's threshold and exceeds the uptake it touches by less than
+        ``spill_prominence_suv``: it has no maximum of its own, it is the fringe of the organ's
+        physiological uptake cut by the edge of the adaptive zone (a spleen tip or dome the
+        organ mask missed) [D].
     spill_drop : bool
         Remove the partial-volume spill of hard-excluded organs from the components touching
         them: a watershed on SUV with the organ and the component's own maxima as markers keeps
@@ -226,6 +232,7 @@ class LesionConfig:
     adaptive_margin_mm: float = 10.0
     adaptive_organs: tuple[AnatomyLabel, ...] = _DEFAULT_ADAPTIVE
     adaptive_sd_factor: float | None = None
+    organ_fringe_drop: bool = True
     spill_drop: bool = True
     spill_correction: bool = True
     psf_fwhm_mm: float | None = None
@@ -281,6 +288,9 @@ class LesionConfig:
                 "isocontour_iterative needs isocontour_fraction as its starting fraction (e.g. "
                 "0.41); set both, or switch the iterative method off."
             )
+        for flag in ("organ_fringe_drop", "spill_drop", "spill_correction"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be true or false, got {getattr(self, flag)!r}.")
         if not isinstance(self.isocontour_sphere_fit, bool):
             raise ConfigError(
                 f"isocontour_sphere_fit must be true or false, got {self.isocontour_sphere_fit!r}."

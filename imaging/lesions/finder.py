@@ -597,6 +597,8 @@ def find_lesions(
         thr = np.full(cand.size, t_soft)
     zones = Zones(dict(masks), suv.spacing)
     margin_mm = config.adaptive_margin_mm
+    base_thr = thr
+    fringe_thr = np.zeros(cand.size)  # the organ threshold that removed a candidate, or 0
     organ_floor: list[tuple[AnatomyLabel, float]] = []
     organ_noise: list[tuple[AnatomyLabel, float, float, float]] = []  # centre, k, spread
     for organ in config.adaptive_organs:
@@ -622,7 +624,11 @@ def find_lesions(
         organ_noise.append((organ, centre, k, spread))
         near = zones.hits(organ, ccoords, margin_mm)
         thr = np.where(near, np.maximum(thr, t_org), thr)
+        fringe_thr = np.where(near & (cvals < t_org), np.maximum(fringe_thr, t_org), fringe_thr)
     keep = cvals >= thr
+    removed = (cvals >= base_thr) & (cvals < thr)
+    fringe = (cand[removed], cvals[removed], fringe_thr[removed])
+    del base_thr, fringe_thr, removed
     excl_present = [o for o in config.excluded_organs if o in masks]
     notes.extend(f"no {o.value} mask: its uptake is not excluded"
                  for o in config.excluded_organs if o not in masks)
@@ -651,6 +657,13 @@ def find_lesions(
     # 2. Connected components, minimum volume.
     lab, n = _components(fg, shape, config.connectivity)
     fg, lab, n = _drop_small(fg, lab, n, suv.voxel_volume_ml, config.min_volume_ml)
+    if config.organ_fringe_drop and n and fringe[0].size:
+        fg, lab, n, dropped = _drop_organ_fringe(arr, fg, lab, n, fringe,
+                                                 config.spill_prominence_suv)
+        if dropped:
+            notes.append(f"{dropped} component(s) dropped as the fringe of an organ's uptake "
+                         "(no maximum of their own, below the organ's adaptive threshold)")
+    del fringe
 
     # 3. Organ spill-over next to hard-excluded organs (peak on the excluded organ's rim).
     touched: dict[AnatomyLabel, NDArray[np.intp]] = {}
@@ -801,6 +814,53 @@ def _itm_curve(
                       f"{config.isocontour_fraction:g} isocontour is used instead")
     return (sphere_threshold_curve(fwhm, spacing),
             f"iterative thresholding calibrated for a {fwhm:.1f} mm PSF ({source})")
+
+
+def _drop_organ_fringe(
+    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
+    fringe: tuple[NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]],
+    prominence: float,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int, int]:
+    """Drop components that are the cut-off fringe of an organ-adaptive organ's uptake.
+
+    ``fringe`` holds the candidates an organ-adaptive threshold removed: flat indices, SUV and
+    that organ's threshold. A component whose voxels touch (26-neighbourhood) such a voxel
+    within ``prominence`` of the component's own SUVmax, while that SUVmax is below the organ's
+    threshold, has no maximum standing out of the organ's uptake and is dropped (the fringe of
+    a noisy organ plateau). Returns the kept components and the number dropped.
+    """
+    idx, vals, thr = fringe
+    shape = arr.shape
+    rc = np.stack(np.unravel_index(idx, shape), axis=1)
+    lo = np.maximum(rc.min(axis=0) - 1, 0)
+    hi = np.minimum(rc.max(axis=0) + 2, shape)
+    box_shape = tuple(int(h - low) for low, h in zip(lo, hi, strict=True))
+    hot = np.full(box_shape, -np.inf)  # SUV of the removed voxels, -inf elsewhere
+    org_t = np.zeros(box_shape)
+    local = tuple((rc - lo).T)
+    hot[local], org_t[local] = vals, thr
+    fc = np.stack(np.unravel_index(fg, shape), axis=1) - lo
+    inside = np.all((fc >= -1) & (fc <= np.asarray(box_shape)), axis=1)
+    touch = np.full(fg.size, -np.inf)
+    touch_t = np.zeros(fg.size)
+    if inside.any():
+        nb = fc[inside][:, None, :] + _shell_offsets(1, 1)[None, :, :]
+        ok = np.all((nb >= 0) & (nb < np.asarray(box_shape)), axis=2)
+        nb = np.where(ok[..., None], nb, 0)
+        v = np.where(ok, hot[nb[..., 0], nb[..., 1], nb[..., 2]], -np.inf)
+        t = np.where(ok, org_t[nb[..., 0], nb[..., 1], nb[..., 2]], 0.0)
+        best = np.argmax(v, axis=1)
+        rows = np.arange(v.shape[0])
+        touch[inside], touch_t[inside] = v[rows, best], t[rows, best]
+    peak = np.full(n + 1, -np.inf)
+    np.maximum.at(peak, lab, arr.reshape(-1)[fg].astype(np.float64))
+    comp_touch = np.full(n + 1, -np.inf)
+    np.maximum.at(comp_touch, lab, touch)
+    comp_t = np.zeros(n + 1)
+    np.maximum.at(comp_t, lab, np.where(np.isfinite(touch), touch_t, 0.0))
+    drop = (comp_touch >= peak - prominence) & (peak < comp_t)
+    fg, lab, kept = _keep_components(fg, lab, n, ~drop)
+    return fg, lab, kept, n - kept
 
 
 def _drop_small(

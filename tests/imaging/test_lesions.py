@@ -569,3 +569,30 @@ def test_focus_hotter_than_the_excluded_organ_beside_it_is_not_its_spill() -> No
     assert kept.lesions[0].equivocal_reason == "touches urinary_bladder"
     removed = find_lesions(_suv(arr), anatomy=anatomy, config=LesionConfig(spill_hotter_ratio=1e9))
     assert removed.lesion_count == 0
+
+
+def test_organ_fringe_beyond_the_adaptive_zone_is_dropped_but_a_node_beside_it_is_not() -> None:
+    """A spleen whose mask misses a 30 mm tip: the tip beyond the organ-adaptive zone rises into
+    the spleen without a maximum of its own and is dropped; a node of lower SUV than the
+    spleen's threshold, 20 mm from the mask, has its own maximum and is kept."""
+    shape = (40, 60, 70)
+    k, j, i = _grid(shape)
+    spleen = _ball(shape, (60.0, 120.0, 120.0), 30.0)
+    tip = (np.abs(k - 60.0) <= 8.0) & (np.abs(j - 120.0) <= 8.0) & (i >= 120.0) & (i <= 180.0)
+    node = _ball(shape, (60.0, 120.0, 50.0), 6.0)
+    act = np.where(spleen | tip, 8.0, 0.5)
+    act[node] = 9.0
+    rng = np.random.default_rng(3)
+    arr = _blur(act) * (1.0 + 0.05 * rng.standard_normal(shape))
+    anatomy = {A.BODY: np.ones(shape, dtype=bool), A.SPLEEN: spleen}
+    config = LesionConfig(adaptive_organs=(A.SPLEEN,), min_contrast_noise=None)
+    result = find_lesions(_suv(arr), anatomy=anatomy, config=config)
+    assert result.thresholds["organ:spleen"] > 9.5
+    assert result.lesion_count == 1, [les.centroid_mm for les in result.lesions]
+    assert node[np.asarray(result.labels.array) == 1].any()
+    assert any("fringe" in note for note in result.notes)
+    kept = find_lesions(_suv(arr), anatomy=anatomy,
+                        config=LesionConfig(adaptive_organs=(A.SPLEEN,), min_contrast_noise=None,
+                                            organ_fringe_drop=False))
+    assert kept.lesion_count == 2
+    assert tip[np.asarray(kept.labels.array) > 0].any()
