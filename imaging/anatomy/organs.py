@@ -557,9 +557,14 @@ def _lacrimal(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
         return OrganResult(None, 0.0, "the orbit level is outside the CT")
     body = t.body[zsl]
     cols = body.any(axis=(0, 1))
-    rows = body.any(axis=(0, 2))
     xs, ys = grid.x_mm(), grid.y_mm()
     x_mid = float((xs[cols]).mean())
+    # the head's front and back along its own midline: what the orbit-level slab holds off
+    # the midline (a prone patient's shoulders and arms, padding) must not move them
+    strip = np.abs(xs - x_mid) <= config.lacrimal_lateral_mm[0]
+    rows = body[:, :, strip].any(axis=(0, 2))
+    if not rows.any():
+        return OrganResult(None, 0.0, "no body on the head's midline at orbit level")
     y_front, y_back = float(ys[rows].min()), float(ys[rows].max())
     lat = np.abs(xs - x_mid)[None, None, :]
     ant = ys[None, :, None] <= y_front + config.lacrimal_anterior_fraction * (y_back - y_front)

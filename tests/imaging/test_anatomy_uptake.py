@@ -77,6 +77,20 @@ def test_lacrimal_glands_cover_their_uptake(psma11, psma1007) -> None:  # type: 
 
 
 @pytest.mark.slow
+def test_lacrimal_glands_of_a_prone_patient_are_found_on_the_heads_own_midline() -> None:
+    """Prone (HFP): off the head's midline the body in the orbit-level slab spans 290 mm front
+    to back, so "the front 40 % of the head" must be measured along the head's own midline, or
+    the glands fall outside it."""
+    patient = generate_patient(6028, size="small", tracer="psma1007", orientation="HFP",
+                               stage="T0N0M0")
+    anatomy = label_anatomy(patient.ct, pet=patient.pet_suv)
+    hot = _hot(patient, A.LACRIMAL_GLANDS, 0.6)
+    covered = np.count_nonzero(anatomy.mask(A.LACRIMAL_GLANDS) & hot) / hot.sum()
+    assert covered >= 0.9, anatomy.mask_info["lacrimal_glands"]
+    assert "paired" in anatomy.mask_info["lacrimal_glands"].reason
+
+
+@pytest.mark.slow
 def test_bowel_mask_lies_on_bowel(psma1007) -> None:  # type: ignore[no-untyped-def]
     # Coverage of the hot loops is only partial (docs/anatomy.md, "What does not hold"): short
     # loop pieces (under 10 mL, not tubular) look like nodes, and hot loops touching the
