@@ -242,6 +242,9 @@ def test_invalid_settings_raise_config_error() -> None:
         LesionConfig(exclude=("kidneys", "pancreas"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="valid presets"):
         LesionConfig.preset("suv9")
+    for flag in ("organ_fringe_drop", "spill_drop", "spill_correction"):
+        with pytest.raises(ConfigError, match=flag):
+            LesionConfig(**{flag: "yes"})  # type: ignore[arg-type]
     assert LesionConfig.preset("suv4").threshold_suv == 4.0
 
 
@@ -596,3 +599,34 @@ def test_organ_fringe_beyond_the_adaptive_zone_is_dropped_but_a_node_beside_it_i
                                             organ_fringe_drop=False))
     assert kept.lesion_count == 2
     assert tip[np.asarray(kept.labels.array) > 0].any()
+
+
+@pytest.mark.parametrize("psf_fwhm_mm", [6.0, None])
+def test_recurrence_against_a_bladder_whose_mask_falls_short_of_it_is_kept(
+        psf_fwhm_mm: float | None) -> None:
+    """A 2 mL recurrence of SUV 14 against a bladder of SUV 60 whose mask lies 1.5 mm inside
+    the bladder, with count noise (SD = 0.3 sqrt(SUV)): the component touching the bladder
+    also holds the bladder's edge voxels (SUV ~40), but the recurrence's own maximum is judged
+    against the noise at its own SUV, not at theirs, and it is kept (flagged as touching)."""
+    shape = (40, 64, 64)
+    activity = _ball(shape, (60.0, 128.0, 128.0), 26.5)
+    mask = _ball(shape, (60.0, 128.0, 128.0), 25.0)
+    recurrence = _ball(shape, (60.0, 161.0, 128.0), 8.0)
+    k, j, i = _grid(shape)
+    liver = (np.abs(k - 60) <= 50) & (np.abs(j - 128) <= 45) & (i >= 190) & (i <= 250)
+    act = np.full(shape, 0.6)
+    act[liver] = 5.0
+    act[activity] = 60.0
+    act[recurrence] = 14.0
+    arr = _blur(act)
+    arr = np.maximum(arr + 0.3 * np.sqrt(arr) * np.random.default_rng(1).standard_normal(shape),
+                     0.0)
+    anatomy = {A.BODY: np.ones(shape, dtype=bool), A.URINARY_BLADDER: mask, A.LIVER: liver}
+    result = find_lesions(_suv(arr), anatomy=anatomy,
+                          config=LesionConfig(psf_fwhm_mm=psf_fwhm_mm, adaptive_organs=(A.LIVER,)))
+    assert result.lesion_count == 1
+    les = result.lesions[0]
+    assert recurrence[np.asarray(result.labels.array) == 1].any()
+    assert les.suv_max > 12.0
+    assert les.volume_ml > 1.5
+    assert les.equivocal_reason == "touches urinary_bladder"
