@@ -199,6 +199,8 @@ class AnatomyConfig:
     ureter_hilum_mm: float = 15.0
     # the cheapest kidney-to-bladder path on PET and the hot pieces on it
     ureter_course: bool = True
+    ureter_base_course: bool = True
+    ureter_base_midline_mm: float = 20.0
     ureter_path_mm: float = 6.0
     ureter_course_max_ml: float = 2.0
     ureter_course_floor_suv: float = 0.05
@@ -263,7 +265,7 @@ class AnatomyConfig:
                     "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu",
                     "fine_marrow_bridge_mm", "fine_marrow_window_mm",
                     "ureter_course_floor_suv", "ureter_course_max_ml",
-                    "ureter_path_mm")
+                    "ureter_path_mm", "ureter_base_midline_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio")
         for name in positive + optional_positive:
             value = getattr(self, name)
@@ -273,6 +275,9 @@ class AnatomyConfig:
                 raise ConfigError(f"anatomy.{name} must be a positive number"
                                   f"{' or none' if name in optional_positive else ''}, "
                                   f"got {value!r}.")
+        if not isinstance(self.ureter_base_course, bool):
+            raise ConfigError(f"anatomy.ureter_base_course must be true or false, got "
+                              f"{self.ureter_base_course!r}.")
         if not isinstance(self.ureter_course, bool):
             raise ConfigError(f"anatomy.ureter_course must be true or false, got "
                               f"{self.ureter_course!r}.")

@@ -934,6 +934,11 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                    & (lat >= config.ureter_lateral_mm[0]) & (lat <= config.ureter_lateral_mm[1]))
         course = _best_course(pet[zsl], allowed, kidneys[zsl], bladder[zsl], grid,
                               frame.x_mid_mm, w, config)
+        if config.ureter_base_course:
+            base, behind = _bladder_base(bladder[zsl], grid, frame.x_mid_mm, config)
+            course = np.concatenate([course, _best_course(
+                pet[zsl], allowed & behind, kidneys[zsl], base, grid, frame.x_mid_mm, w,
+                config)])
         on_course, on_path = _on_best_course(lab, n, cnt, pet[zsl], course, grid, config)
         ok |= on_course
     if not ok.any() and not on_path.any():
@@ -990,6 +995,30 @@ def _pool2(a: NDArray[Any], func: Callable[..., Any], cval: float) -> NDArray[An
     return np.asarray(block_reduce(a, (2,) * a.ndim, func, cval=cval))  # type: ignore[no-untyped-call]
 
 
+def _bladder_base(bladder: NDArray[np.bool_], grid: WorkGrid, x_mid: float,
+                  config: AnatomyConfig) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Where the ureters enter the bladder, and where their last stretch runs.
+
+    The ureters reach the bladder from behind and enter at its base (the trigone): the
+    bladder's voxels in its lowest third and behind its centre; and the way there: above the
+    bladder everything, at its levels only the back quarter of its depth and what lies behind
+    (the pelvic side walls beside the bladder, with the external-iliac and obturator nodes,
+    are not on the way), and neither there nor at the base within
+    ``ureter_base_midline_mm`` of the midline, where the ureters do not run and local
+    recurrences (anastomosis, seminal-vesicle bed) and perirectal nodes lie.
+    """
+    zz, yy, _ = np.nonzero(bladder)
+    z_lo, y_c = float(zz.min()), float(yy.mean())
+    z_third = z_lo + (float(zz.max()) - z_lo) / 3.0
+    # the working grid's indices grow with LPS z (up) and y (back)
+    k = np.arange(bladder.shape[0])[:, None, None]
+    j = np.arange(bladder.shape[1])[None, :, None]
+    lateral = (np.abs(grid.x_mm() - x_mid) >= config.ureter_base_midline_mm)[None, None, :]
+    base = bladder & (k <= z_third) & (j >= y_c) & lateral
+    behind = (k > zz.max()) | ((j >= (y_c + float(yy.max())) / 2.0) & lateral)
+    return base, np.asarray(np.broadcast_to(behind, bladder.shape))
+
+
 def _best_course(pet: NDArray[np.float32], allowed: NDArray[np.bool_],
                  kidneys: NDArray[np.bool_], bladder: NDArray[np.bool_], grid: WorkGrid,
                  x_mid: float, width: int, config: AnatomyConfig) -> NDArray[np.float64]:
@@ -1003,7 +1032,8 @@ def _best_course(pet: NDArray[np.float32], allowed: NDArray[np.bool_],
     stretches where no bolus stands out enough to be found by shape. Minimal paths
     (:class:`skimage.graph.MCP_Geometric`, 26-connected) run on a grid coarsened 2 x by
     maximum, so a 1-voxel ureter survives; one cost map from the bladder, traced back from
-    each side's kidney voxel nearest to it in cost.
+    each side's kidney voxel nearest to it in cost; each block of the path is placed at its
+    hottest voxel (where the block's cost came from).
     """
     from skimage.graph import MCP_Geometric
 
@@ -1014,9 +1044,15 @@ def _best_course(pet: NDArray[np.float32], allowed: NDArray[np.bool_],
         return np.empty((0, 3))
     allowed, kidneys, bladder = allowed[box], kidneys[box], bladder[box]
     ends = kidneys | bladder
-    smooth = _smooth(pet[box])
+    # the bladder's and kidneys' own edges would make a cheap corridor around them (a bright
+    # convex edge stands out of any in-plane opening): they are flattened to the background
+    # (lower quartile of the passable voxels) first
+    flat = pet[box].copy()
+    flat[ends] = np.percentile(flat[allowed], 25) if allowed.any() else 0.0
+    smooth = _smooth(flat)
     tophat = smooth - ndi.grey_opening(smooth, size=(1, width, width), mode="nearest")
-    top = _pool2(np.where(allowed | ends, tophat, -1.0), np.max, -1.0)
+    fine = np.where(allowed | ends, tophat, -1.0)
+    top = _pool2(fine, np.max, -1.0)
     passable, kid, bla = (_pool2(m, np.any, False) for m in (allowed | ends, kidneys, bladder))
     cost = (c / np.clip(top, config.ureter_course_floor_suv, c)) ** 2
     cost[~passable] = -1.0  # MCP: negative costs are impassable
@@ -1031,9 +1067,23 @@ def _best_course(pet: NDArray[np.float32], allowed: NDArray[np.bool_],
         if not np.isfinite(at_kidney).any():
             continue
         start = tuple(int(v) for v in np.unravel_index(np.argmin(at_kidney), at_kidney.shape))
-        path = np.array(to_bladder.traceback(start), dtype=np.float64)
-        points.append(path * 2.0 + 0.5 + offset)  # centre of the 2 x 2 x 2 block
+        path = np.array(to_bladder.traceback(start), dtype=np.intp)
+        points.append(_block_peaks(fine, path) + offset)
     return np.concatenate(points) if points else np.empty((0, 3))
+
+
+def _block_peaks(fine: NDArray[Any], blocks: NDArray[np.intp]) -> NDArray[np.float64]:
+    """The voxel of each 2 x 2 x 2 block (coarse indices ``blocks``) where ``fine`` peaks.
+
+    A coarse step costs by its block's maximum, so that voxel is where the path runs.
+    """
+    corner = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1).T
+    vox = blocks[:, None, :] * 2 + corner[None, :, :]
+    inside = np.all(vox < np.array(fine.shape), axis=2)
+    vox = np.minimum(vox, np.array(fine.shape) - 1)
+    vals = np.where(inside, fine[vox[..., 0], vox[..., 1], vox[..., 2]], -np.inf)
+    best = np.argmax(vals, axis=1)
+    return np.asarray(vox[np.arange(len(blocks)), best], dtype=np.float64)
 
 
 def _on_best_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],

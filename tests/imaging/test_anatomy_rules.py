@@ -147,6 +147,8 @@ def test_wrong_unit_and_empty_ct_are_rejected() -> None:
     ({"ureter_course_max_ml": float("inf")}, "ureter_course_max_ml"),
     ({"ureter_course_floor_suv": 0.0}, "ureter_course_floor_suv"),
     ({"ureter_course": "yes"}, "ureter_course"),
+    ({"ureter_base_course": 1}, "ureter_base_course"),
+    ({"ureter_base_midline_mm": -20.0}, "ureter_base_midline_mm"),
     ({"lumen_min_soft_rim": 1.5}, "lumen_min_soft_rim"),
     ({"lumen_core_mm": (9.0, 0.0)}, "lumen_core_mm"),
     ({"fine_bone_hu": -5.0}, "fine_bone_hu"),

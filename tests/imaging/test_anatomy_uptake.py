@@ -311,3 +311,72 @@ def test_best_course_follows_a_faint_ureter_and_takes_its_boluses_not_a_node() -
     on, voxels = _on_best_course(lab, n, count, pet, none, grid, cfg)
     assert not on.any()
     assert not voxels.any()
+
+
+def test_base_course_follows_the_ureter_down_the_back_of_the_bladder_not_a_side_wall_node(
+) -> None:
+    import cc3d
+
+    from imaging.anatomy.grid import WorkGrid
+    from imaging.anatomy.organs import _best_course, _bladder_base, _on_best_course
+
+    # 3 mm grid, midline at x index 30; kidney high (z 40-48) on the left, bladder ball low
+    # (centre z 14, y 25, on the midline, radius 12); the ureter (SUV 4, 3 voxels wide) comes
+    # down, touches the bladder's upper back at z 22, 24 mm off the midline, and runs on down
+    # two voxels behind its back wall to the base, with a bolus (SUV 16) at z 11-13 on that
+    # last stretch; a node (SUV 16) on the other side wall in front of the bladder's centre, and a
+    # recurrence (SUV 16) behind the bladder's base on the midline; a 7 mm PSF, noise
+    rng = np.random.default_rng(7)
+    shape = (50, 50, 60)
+    grid = WorkGrid(shape=shape, spacing_mm=3.0, origin_mm=(-90.0, -75.0, 0.0))
+    x_mid = 0.0
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    kidneys = np.zeros(shape, dtype=bool)
+    kidneys[40:49, 26:34, 45:53] = True
+    bladder = (zz - 14) ** 2 + (yy - 25) ** 2 + (xx - 30) ** 2 <= 144
+    act = np.full(shape, 0.3, dtype=np.float32)
+    act[kidneys] = 30.0
+    act[bladder] = 60.0
+    axis = np.zeros(shape, dtype=bool)
+    for z in range(22, 41):  # kidney to the bladder's upper back
+        f = (z - 22) / 18
+        axis[z, 30, round(38 + f * 10)] = True
+    wall = {z: int(25 + np.sqrt(80 - (z - 14) ** 2)) + 3 for z in range(6, 22)}
+    for z, y in wall.items():  # down the back wall, two voxels behind it
+        axis[z, y, 38] = True
+    ureter = ndi.binary_dilation(axis, structure=np.ones((3, 3, 3), bool)) & ~bladder
+    act[ureter] = 4.0
+    act[ureter & (zz >= 11) & (zz <= 13)] = 16.0  # the bolus
+    node = (zz - 14) ** 2 + (yy - 12) ** 2 + (xx - 16) ** 2 <= 4
+    recurrence = (zz - 4) ** 2 + (yy - 36) ** 2 + (xx - 30) ** 2 <= 4
+    act[node | recurrence] = 16.0
+    pet = (ndi.gaussian_filter(act, 1.0) + 0.08 * rng.standard_normal(shape)).astype(np.float32)
+    allowed = ~kidneys & ~bladder
+    cfg = AnatomyConfig()
+    hot = (pet >= 5.0) & ~kidneys & ~ndi.binary_dilation(bladder, iterations=2)
+    lab, n = cc3d.connected_components(hot, connectivity=26, return_N=True)
+    count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+    b_id, n_id, r_id = lab[12, wall[12], 38], lab[14, 12, 16], lab[4, 36, 30]
+    assert len({0, b_id, n_id, r_id}) == 4
+    # the path to any bladder voxel ends where the ureter first touches the bladder
+    course = _best_course(pet, allowed, kidneys, bladder, grid, x_mid, 5, cfg)
+    on, _ = _on_best_course(lab, n, count, pet, course, grid, cfg)
+    assert not on[[b_id, n_id, r_id]].any()
+    # the path to the base (lowest third, behind the centre, 20 mm or more off the midline)
+    # through the back quarter follows the ureter down the back wall: the bolus is on it,
+    # the node and the recurrence are not
+    base, behind = _bladder_base(bladder, grid, x_mid, cfg)
+    assert base.any()
+    assert not (base & ~bladder).any()
+    assert np.flatnonzero(base.any(axis=(1, 2))).max() <= 2 + 24 / 3
+    assert not (base & (yy < 25)).any()
+    assert not (base & (np.abs(xx - 30) < 7)).any()
+    assert not behind[14, 12, 16]
+    assert not behind[4, 36, 30]
+    assert behind[12, wall[12], 38]
+    assert behind[30, 5, 5]
+    course = _best_course(pet, allowed & behind, kidneys, base, grid, x_mid, 5, cfg)
+    on, voxels = _on_best_course(lab, n, count, pet, course, grid, cfg)
+    assert on[b_id]
+    assert not on[[n_id, r_id]].any()
+    assert not voxels[node | recurrence].any()
