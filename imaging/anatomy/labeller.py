@@ -134,7 +134,7 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     ):
         if arr.any():
             masks_w[label] = arr
-            info[label.value] = MaskInfo("rule", 0.9, reason, float(arr.sum() * voxel_ml))
+            info[label.value] = MaskInfo("rule", 0.9, reason, _volume_ml(arr, voxel_ml))
         else:
             info[label.value] = MaskInfo("rule", 0.0, tissues.notes.get(
                 label.value, f"nothing matched ({reason})"))
@@ -142,7 +142,7 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
         if res.mask is not None and res.mask.any():
             masks_w[label] = res.mask
             info[label.value] = MaskInfo("rule", res.confidence, res.reason,
-                                         float(res.mask.sum() * voxel_ml))
+                                         _volume_ml(res.mask, voxel_ml))
         else:
             info[label.value] = MaskInfo("rule", 0.0, res.reason)
     if provider is not None:
@@ -151,13 +151,13 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
             info[label.value] = MaskInfo(provider.name, 0.95,
                                          f"{provider.name} classes: "
                                          f"{', '.join(provider.sources[label])}",
-                                         float(arr.sum() * voxel_ml))
+                                         _volume_ml(arr, voxel_ml))
     bladder = masks_w.get(AnatomyLabel.URINARY_BLADDER)
     fossa, why = fossa_box(tissues, grid, frame, bladder, config=config)
     if fossa is not None and fossa.any():
         masks_w[AnatomyLabel.PROSTATE_FOSSA] = fossa
         info[AnatomyLabel.PROSTATE_FOSSA.value] = MaskInfo("rule", 0.7, why,
-                                                           float(fossa.sum() * voxel_ml))
+                                                           _volume_ml(fossa, voxel_ml))
     else:
         info[AnatomyLabel.PROSTATE_FOSSA.value] = MaskInfo("rule", 0.0, why)
     for label in AnatomyLabel:
@@ -258,6 +258,11 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
             nodal[REGION_ORDER[n]] = m
             volume_ml[n + 1] = float(count * ref.voxel_volume_ml)
     return masks, nodal, volume_ml
+
+
+def _volume_ml(mask: NDArray[np.bool_], voxel_ml: float) -> float:
+    """Volume of a mask in mL (``count_nonzero``: a bool ``sum`` casts every voxel first)."""
+    return float(np.count_nonzero(mask) * voxel_ml)
 
 
 def _xyz(pos: NDArray[np.float64]) -> tuple[float, float, float]:
