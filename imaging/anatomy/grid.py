@@ -21,7 +21,7 @@ from imaging.volume import Volume
 sitk: Any = _sitk  # SimpleITK ships no type information
 
 __all__ = ["WorkGrid", "crop_to_content", "make_work_grid", "resample_image", "resample_onto",
-           "shrink_for", "to_reference"]
+           "shrink_for", "to_reference", "to_reference_box"]
 
 _CANONICAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 """Direction columns for array axes (k, j, i) = (z, y, x)."""
@@ -261,15 +261,40 @@ def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDAr
     each axis in numpy; an oblique one is resampled by SimpleITK. Voxels outside the working
     grid get 0.
     """
+    values, box = to_reference_box(array, grid, reference)
+    if values.shape == tuple(reference.shape):
+        return values
+    out = np.zeros(reference.shape, dtype=values.dtype)
+    out[box] = values
+    return out
+
+
+def to_reference_box(array: NDArray[Any], grid: WorkGrid, reference: Volume,
+                     ) -> tuple[NDArray[Any], tuple[slice, slice, slice]]:
+    """:func:`to_reference` on the index box of ``reference`` that the working grid covers.
+
+    Returns the values there and that box; every reference voxel outside it is nearest to no
+    working voxel and would get 0. A PET grid spans the whole scanner bore, the working grid
+    only the body's box: the gather runs on a quarter of the voxels. For an oblique
+    reference (resampled by SimpleITK) the box is the whole grid.
+    """
     axes = _axis_indices(grid, reference)
     if axes is not None:
         order = [work_axis for work_axis, _ in axes]
-        # a zero plane at the end of every axis catches the indices outside the grid (-1)
-        padded = np.pad(array, [(0, 1)] * 3)
-        out: NDArray[Any] = np.transpose(padded, order)
-        for r, (_, idx) in enumerate(axes):
-            out = np.take(out, idx, axis=r)
-        return np.ascontiguousarray(out)
+        spans = []
+        for _, idx in axes:
+            # the nearest working index is monotonic along a reference axis, so the
+            # reference voxels inside the working grid (index >= 0) form one run
+            inside = np.flatnonzero(idx >= 0)
+            if inside.size == 0:
+                spans.append(slice(0, 0))
+                continue
+            assert inside[-1] - inside[0] + 1 == inside.size
+            spans.append(slice(int(inside[0]), int(inside[-1]) + 1))
+        out: NDArray[Any] = np.transpose(array, order)
+        for r, ((_, idx), span) in enumerate(zip(axes, spans, strict=True)):
+            out = np.take(out, idx[span], axis=r)
+        return np.ascontiguousarray(out), (spans[0], spans[1], spans[2])
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     img.SetSpacing((grid.spacing_mm,) * 3)
     img.SetOrigin(grid.origin_mm)
@@ -279,4 +304,4 @@ def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDAr
     f = _resampler((ni, nj, nk), spacing, reference.origin, direction,  # type: ignore[arg-type]
                    sitk.sitkNearestNeighbor, 0, img.GetPixelID())
     resampled: NDArray[Any] = sitk.GetArrayFromImage(f.Execute(img))
-    return resampled
+    return resampled, (slice(0, nk), slice(0, nj), slice(0, ni))

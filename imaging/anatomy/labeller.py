@@ -17,7 +17,7 @@ from imaging.anatomy.grid import (
     resample_image,
     resample_onto,
     shrink_for,
-    to_reference,
+    to_reference_box,
 )
 from imaging.anatomy.landmarks import PelvisFrame, find_landmarks
 from imaging.anatomy.model import AnatomyConfig, AnatomyMap, LandmarkFinding, MaskInfo
@@ -210,6 +210,18 @@ def _reference_box(box: tuple[slice, slice, slice], grid: WorkGrid,
                  for a, b, n in zip(lo, hi, ref.shape, strict=True))
 
 
+def _within(box: tuple[slice, slice, slice], cover: tuple[slice, slice, slice],
+            ) -> tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]:
+    """``box`` clipped to ``cover``: in the reference grid's indices and in ``cover``'s own."""
+    full, local = [], []
+    for b, c in zip(box, cover, strict=True):
+        lo = max(b.start, c.start)
+        hi = max(min(b.stop, c.stop), lo)
+        full.append(slice(lo, hi))
+        local.append(slice(lo - c.start, hi - c.start))
+    return (full[0], full[1], full[2]), (local[0], local[1], local[2])
+
+
 def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
                        regions_w: NDArray[np.uint8], grid: WorkGrid, ref: Volume,
                        ) -> tuple[dict[AnatomyLabel, NDArray[np.bool_]],
@@ -217,7 +229,8 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
     """Masks and nodal regions on the reference grid (nearest neighbour in physical space).
 
     The masks travel as one bitfield (one resampling for all, the region index in its top byte)
-    and each is decoded only inside the reference box its working-grid box maps to (for the
+    on the reference box the working grid covers, and each is decoded only inside the
+    reference box its working-grid box maps to (for the
     regions, the box of their working-grid voxels from ``find_objects``). Returns the masks, the
     regions and the volume (mL) of each region index on the reference grid.
     """
@@ -235,24 +248,25 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
         boxes[label] = box
         sub = bits[box]
         sub[masks_w[label][box]] |= dtype(1 << n)
-    bits_ref = to_reference(bits, grid, ref)
+    # values only on the reference box the working grid covers: zero outside it
+    bits_ref, cover = to_reference_box(bits, grid, ref)
     masks: dict[AnatomyLabel, NDArray[np.bool_]] = {}
     for n, label in enumerate(present):
         out = np.zeros(ref.shape, dtype=bool)
         if label in boxes:
-            rbox = _reference_box(boxes[label], grid, ref)
-            np.not_equal(bits_ref[rbox] & dtype(1 << n), 0, out=out[rbox])
+            rbox, local = _within(_reference_box(boxes[label], grid, ref), cover)
+            np.not_equal(bits_ref[local] & dtype(1 << n), 0, out=out[rbox])
         masks[label] = out
     regions_ref = ((bits_ref >> np.uint32(24)).astype(np.uint8) if packed
-                   else to_reference(regions_w, grid, ref))
+                   else to_reference_box(regions_w, grid, ref)[0])
     nodal: dict[NodalRegion, NDArray[np.bool_]] = {}
     volume_ml: dict[int, float] = {}
     for n, box in enumerate(ndi.find_objects(regions_w, max_label=len(REGION_ORDER))):
         if box is None:
             continue
-        rbox = _reference_box(box, grid, ref)
+        rbox, local = _within(_reference_box(box, grid, ref), cover)
         m = np.zeros(ref.shape, dtype=bool)
-        np.equal(regions_ref[rbox], n + 1, out=m[rbox])
+        np.equal(regions_ref[local], n + 1, out=m[rbox])
         count = np.count_nonzero(m[rbox])
         if count:
             nodal[REGION_ORDER[n]] = m
