@@ -26,7 +26,7 @@ from imaging.anatomy.tissues import (
     box_dilate,
     box_erode,
     box_open,
-    fill_holes_per_slice,
+    fill_holes,
 )
 from imaging.vocabulary import AnatomyLabel, Landmark
 
@@ -99,7 +99,7 @@ def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissue
             if not grown.any():
                 grown = core
             mask = box_close(grown, 1) & near
-            filled = ndi.binary_fill_holes(mask)
+            filled = fill_holes(mask)
             if filled.sum() >= 10:
                 # urine of the wall's partial-volume voxels: CT says fat or wall, PET says
                 # urine; grown only through voxels no hotter than the urine itself, so a
@@ -122,7 +122,7 @@ def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissue
         return OrganResult(None, 0.0, "no PET bladder focus and no water-density blob >= 20 mL "
                            "above the symphysis")
     mask = box_dilate(lab == int(np.argmax(sizes)), 2) & water
-    return OrganResult(full(ndi.binary_fill_holes(mask)), 0.5, "CT only: largest water-density "
+    return OrganResult(full(fill_holes(mask)), 0.5, "CT only: largest water-density "
                        "blob in the midline pelvis (no PET focus)")
 
 
@@ -313,8 +313,7 @@ def _largest(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
 
 
 def _fill(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    filled, _ = fill_holes_per_slice(np.asarray(ndi.binary_fill_holes(mask), dtype=bool))
-    return filled
+    return fill_holes(fill_holes(mask), per_slice=True)
 
 
 @dataclass(frozen=True, slots=True)
