@@ -201,24 +201,23 @@ def fill_holes(mask: NDArray[np.bool_], *, per_slice: bool = False) -> NDArray[n
     Notes
     -----
     The holes are the background components that touch no face of the array (no border row
-    or column of their slice), found by one cc3d labelling: exactly what SciPy's fill leaves,
-    which it finds by dilating from the faces one voxel per iteration (a few times slower on
-    an organ's box).
+    or column of their slice). In 3-D, with a frame of background around the array, the
+    outside is the frame's component: one cc3d labelling and one comparison. SciPy's fill
+    finds the same voxels by dilating from the faces one voxel per iteration (a few times
+    slower on an organ's box).
     """
     if mask.size == 0:
         return mask.copy()
     if per_slice:
         background, hole = _slice_holes(mask)
         return mask | hole[background]
-    background = cc3d.connected_components(~mask, connectivity=6)
-    n = int(background.max())
-    outside = np.unique(np.concatenate([
-        background[[0, -1]].ravel(), background[:, [0, -1]].ravel(),
-        background[:, :, [0, -1]].ravel()]))
-    hole = np.ones(n + 1, dtype=bool)
-    hole[outside] = False
-    hole[0] = False
-    return mask | hole[background]
+    # a frame of background around the array: the outside is the frame's component (the mask
+    # is label 0, the holes any other label)
+    nz, ny, nx = mask.shape
+    framed = np.ones((nz + 2, ny + 2, nx + 2), dtype=bool)
+    np.logical_not(mask, out=framed[1:-1, 1:-1, 1:-1])
+    lab = cc3d.connected_components(framed, connectivity=6)
+    return np.asarray(lab[1:-1, 1:-1, 1:-1] != lab[0, 0, 0], dtype=bool)
 
 
 def _odd(n: float) -> int:
@@ -402,9 +401,13 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
         empty = np.zeros(hu.shape, dtype=bool)
         return Tissues(empty, empty, empty, empty, {"body": "no voxel above "
                                                     f"{config.body_hu} HU: not a CT of a body"})
-    sizes = np.bincount(labels.ravel())
+    # the component sizes from the labels of the foreground only (cast to intp for bincount)
+    fg = labels > 0
+    ids = labels[fg]
+    sizes = np.bincount(ids, minlength=n + 1)
     sizes[0] = 0
     largest = int(np.argmax(sizes))
+    main = labels == largest
     keep = np.zeros(n + 1, dtype=bool)
     keep[largest] = True
     candidates = np.flatnonzero(sizes * voxel_ml >= config.body_min_ml)
@@ -412,12 +415,11 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
         # reject couch-like pieces: lying below (posterior to) the patient's back
         yy = np.arange(hu.shape[1], dtype=np.float64)
         per_y = sizes[candidates].astype(np.float64)
-        fg = labels > 0
         rows = np.broadcast_to(yy[None, :, None], hu.shape)
-        ysum = np.bincount(labels[fg], weights=rows[fg], minlength=n + 1)[candidates]
+        ysum = np.bincount(ids, weights=rows[fg], minlength=n + 1)[candidates]
         mean_y = ysum / np.maximum(per_y, 1)
         # a connected component covers a contiguous run of rows
-        ys = np.flatnonzero(((labels == largest) if n > 1 else fg).any(axis=(0, 2)))
+        ys = np.flatnonzero(main.any(axis=(0, 2)))
         main_y = np.arange(ys[0], ys[-1] + 1) if ys.size else ys
         back_y = np.percentile(main_y, 90) if main_y.size else hu.shape[1]
         for lab, my in zip(candidates, mean_y, strict=True):
@@ -425,7 +427,7 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
                 keep[lab] = True
             elif lab != largest:
                 notes["couch"] = "a couch-like component behind the patient was removed"
-    body = keep[labels]
+    body = main if np.count_nonzero(keep) == 1 else keep[labels]
     body = _dilate(body, (1, w, w)) & raw
     body = fill_holes(body, per_slice=True)
     # the rest lies inside the body: work on its box (full z, so scan edges stay edges)
