@@ -230,9 +230,9 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
 
     The masks travel as one bitfield (one resampling for all, the region index in its top byte)
     on the reference box the working grid covers, and each is decoded only inside the
-    reference box its working-grid box maps to (for the
-    regions, the box of their working-grid voxels from ``find_objects``). Returns the masks, the
-    regions and the volume (mL) of each region index on the reference grid.
+    reference box its working-grid box maps to (each region inside its box on the reference
+    grid, from ``find_objects``). Returns the masks, the regions and the volume (mL) of each
+    region index on the reference grid.
     """
     present = [label for label in _BITS if label in masks_w]
     # the region index rides in the top byte when the masks leave it free (one resampling)
@@ -261,10 +261,14 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
                    else to_reference_box(regions_w, grid, ref)[0])
     nodal: dict[NodalRegion, NDArray[np.bool_]] = {}
     volume_ml: dict[int, float] = {}
-    for n, box in enumerate(ndi.find_objects(regions_w, max_label=len(REGION_ORDER))):
-        if box is None:
+    # each region's box on the reference grid itself (the covered box has fewer voxels than
+    # the working grid: 4 mm PET voxels)
+    for n, local in enumerate(ndi.find_objects(regions_ref, max_label=len(REGION_ORDER))):
+        if local is None:
             continue
-        rbox, local = _within(_reference_box(box, grid, ref), cover)
+        rbox = (slice(local[0].start + cover[0].start, local[0].stop + cover[0].start),
+                slice(local[1].start + cover[1].start, local[1].stop + cover[1].start),
+                slice(local[2].start + cover[2].start, local[2].stop + cover[2].start))
         m = np.zeros(ref.shape, dtype=bool)
         np.equal(regions_ref[local], n + 1, out=m[rbox])
         count = np.count_nonzero(m[rbox])

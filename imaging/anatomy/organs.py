@@ -643,7 +643,8 @@ def _loop_pieces(avid: NDArray[np.bool_], lab: NDArray[Any], n: int, loops: NDAr
     plateau = float(np.percentile(pet_c[loops[lab]], 90))
     peak = np.zeros(n + 1)
     peak[1:] = ndi.maximum(pet_c[avid], lab[avid], index=np.arange(1, n + 1))
-    top = avid & (pet_c >= 0.5 * peak[lab])
+    top = np.zeros_like(avid)
+    top[avid] = pet_c[avid] >= 0.5 * peak[lab[avid]]
     wide = np.bincount(lab[top], minlength=n + 1) * voxel_ml >= config.bowel_fragment_ml
     out = wide & (peak <= config.bowel_fragment_ratio * plateau) & ~loops
     out[0] = False
@@ -747,7 +748,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     gas = cavity & (hu_raw <= config.bowel_gas_hu)
     glab, gn = cc3d.connected_components(gas, connectivity=26, return_N=True)
     if gn:
-        gsz = np.bincount(glab.ravel())
+        gsz = np.bincount(glab[gas], minlength=gn + 1)  # the gas voxels' labels only
         big_gas = gsz * voxel_ml >= config.bowel_gas_min_ml
         big_gas[0] = False
         gas = big_gas[glab]
@@ -755,7 +756,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     loops = np.zeros_like(avid)
     ok = np.zeros(n + 1, dtype=bool)
     if n:
-        count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+        count = np.bincount(lab[avid], minlength=n + 1).astype(np.float64)
+        count[0] = avid.size - np.count_nonzero(avid)
         tubular = _tubular(avid, lab, n, count, s, config.bowel_min_tubularity)
         with_gas = np.zeros(n + 1, dtype=bool)
         with_gas[np.unique(lab[box_dilate(gas, 1)])] = True
@@ -831,8 +833,9 @@ def _loop_cores(lab: NDArray[Any], n: int, loops: NDArray[np.bool_], pet_c: NDAr
         return core
     if config.bowel_peak_ratio is not None:
         plateau = _loop_plateau(lab, n, loops, pet_c)
-        hot = mask & (pet_raw > config.bowel_peak_ratio * np.maximum(plateau[lab],
-                                                                      config.bowel_suv))
+        hot = np.zeros_like(mask)
+        hot[mask] = pet_raw[mask] > config.bowel_peak_ratio * np.maximum(plateau[lab[mask]],
+                                                                         config.bowel_suv)
         core = box_dilate(_compact_parts(hot, s, config.bowel_core_max_ml,
                                          config.bowel_min_tubularity), 1)
     if config.bowel_band_peak_ratio is not None:

@@ -146,7 +146,8 @@ def bbox(mask: NDArray[np.bool_], pad: int = 0) -> tuple[slice, slice, slice] | 
     return (out[0], out[1], out[2])
 
 
-def _slice_holes(mask: NDArray[np.bool_]) -> tuple[NDArray[np.uint32], NDArray[np.bool_]]:
+def _slice_holes(mask: NDArray[np.bool_],
+                 ) -> tuple[NDArray[np.unsignedinteger[Any]], NDArray[np.bool_]]:
     """In-plane background components of every z slice and, per component, whether it is a hole.
 
     The slices are stacked into one 2-D image (``(Z * Y, X)``) and labelled once with cc3d's
@@ -210,7 +211,7 @@ def fill_holes(mask: NDArray[np.bool_], *, per_slice: bool = False) -> NDArray[n
         return mask.copy()
     if per_slice:
         background, hole = _slice_holes(mask)
-        return mask | hole[background]
+        return np.asarray(mask | hole[background], dtype=bool)
     # a frame of background around the array: the outside is the frame's component (the mask
     # is label 0, the holes any other label)
     nz, ny, nx = mask.shape
