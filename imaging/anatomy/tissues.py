@@ -507,7 +507,7 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
     alab, an = cc3d.connected_components(air, connectivity=6, return_N=True)
     lungs = np.zeros(hu.shape, dtype=bool)
     if an:
-        asz = np.bincount(alab.ravel())
+        asz = np.bincount(alab[air], minlength=an + 1)  # the air voxels' labels only
         asz[0] = 0
         order = np.argsort(asz)[::-1]
         chosen = [int(lab) for lab in order[:2] if asz[lab] * voxel_ml >= config.lung_min_ml]
@@ -516,9 +516,14 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
             # components that reach the top of the scan and widen cranially
             chosen = _partial_lungs(alab, asz, voxel_ml, body)
         if chosen:
-            lut = np.zeros(an + 1, dtype=bool)
-            lut[chosen] = True
-            lungs = lut[alab]
+            if len(chosen) <= 2:  # the usual two lungs: compared, not gathered per voxel
+                lungs = alab == chosen[0]
+                for lab in chosen[1:]:
+                    lungs |= alab == lab
+            else:
+                lut = np.zeros(an + 1, dtype=bool)
+                lut[chosen] = True
+                lungs = lut[alab]
             area = lungs.sum(axis=(1, 2)) * spacing_mm**2 / 100.0
             zs = np.flatnonzero(area > 0)
             top = zs[-1]
