@@ -969,11 +969,14 @@ def _at_renal_hilum(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     near[np.unique(lab[box_dilate(kidneys, max(1, round(config.ureter_hilum_mm / s)))])] = True
     x = grid.x_mm()
     cx = float(x[0]) + centre[:, 2]
+    kbox = bbox(kidneys)  # the kidneys' voxels in the same order, from their box only
+    assert kbox is not None
+    xk = x[kbox[2]]
     for sign in (1.0, -1.0):
-        side = (sign * (x - x_mid) > 0)[None, None, :] & kidneys
+        side = (sign * (xk - x_mid) > 0)[None, None, :] & kidneys[kbox]
         if not side.any():
             continue
-        kx = float(x[np.nonzero(side)[2]].mean())
+        kx = float(xk[np.nonzero(side)[2]].mean())
         medial = (sign * (cx - x_mid) > 0) & (sign * (cx - kx) < 0)
         out |= near & medial & (count * s**3 / 1000.0 <= config.ureter_bolus_max_ml)
     out[0] = False
