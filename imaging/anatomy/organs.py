@@ -43,8 +43,12 @@ class OrganResult:
 
 
 def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[Any], NDArray[Any]]:
+    """26-connected labels and the voxel count of each (index 0: the background)."""
     lab = cc3d.connected_components(mask, connectivity=26)
-    return lab, np.bincount(lab.ravel())
+    # counted over the mask's voxels only: a bincount of every label casts the whole slab
+    sizes = np.bincount(lab[mask], minlength=1)
+    sizes[0] = mask.size - np.count_nonzero(mask)
+    return lab, sizes
 
 
 def _coords(grid: WorkGrid) -> tuple[NDArray[np.float64], ...]:
@@ -266,11 +270,10 @@ def _in_crop(mask: NDArray[np.bool_] | None, zsl: slice) -> NDArray[np.bool_] | 
 def _lung_above(lungs: NDArray[np.bool_], near: int, far: int) -> NDArray[np.bool_]:
     """Voxels with lung between ``near`` and ``far`` voxels above them (same column)."""
     nz = lungs.shape[0]
-    cs = np.concatenate([np.zeros((1, *lungs.shape[1:]), dtype=np.int32),
-                         np.cumsum(lungs, axis=0, dtype=np.int32)])
-    hi = cs[np.minimum(np.arange(nz) + far + 1, nz)]
-    lo = cs[np.minimum(np.arange(nz) + near, nz)]
-    return np.asarray(hi - lo > 0, dtype=bool)
+    out = np.zeros(lungs.shape, dtype=bool)
+    for d in range(near, min(far, nz - 1) + 1):  # a few boolean passes, no int32 cumsum
+        out[:nz - d] |= lungs[d:]
+    return out
 
 
 def _spine_front(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> NDArray[np.float64]:
