@@ -726,9 +726,12 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     dx = (grid.x_mm() - frame.x_mid_mm)[None, None, :]
     sp = spine[zsl][:, None, None]
     lungs = t.lungs[zsl]
-    left_of = np.maximum.accumulate(lungs, axis=2)
-    right_of = np.maximum.accumulate(lungs[:, :, ::-1], axis=2)[:, :, ::-1]
-    cavity = (inner & ~t.bone[zsl] & ~lungs & ~(left_of & right_of) & (yy < sp + 10.0)
+    # between the lungs: from a row's first lung voxel to its last (no running maximum)
+    col = np.arange(lungs.shape[2])
+    first = np.argmax(lungs, axis=2)[:, :, None]
+    last = lungs.shape[2] - 1 - np.argmax(lungs[:, :, ::-1], axis=2)[:, :, None]
+    between = lungs.any(axis=2)[:, :, None] & (col >= first) & (col <= last)
+    cavity = (inner & ~t.bone[zsl] & ~lungs & ~between & (yy < sp + 10.0)
               & ~box_dilate(blocked[zsl], 1))
     # nodal stations kept out: para-aortic / paracaval band and psoas in front of and beside
     # the spine (sacrum in the pelvis), pelvic side walls
@@ -754,7 +757,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         gsz = np.bincount(glab[gas], minlength=gn + 1)  # the gas voxels' labels only
         big_gas = gsz * voxel_ml >= config.bowel_gas_min_ml
         big_gas[0] = False
-        gas = big_gas[glab]
+        labelled, gas = gas, np.zeros_like(gas)
+        gas[labelled] = big_gas[glab[labelled]]
     lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
     loops = np.zeros_like(avid)
     ok = np.zeros(n + 1, dtype=bool)
@@ -775,7 +779,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             near_kidney[np.unique(lab[box_dilate(kidneys[zsl], reach_k) & avid])] = True
         ok |= _loop_pieces(avid, lab, n, ok, pet_c, voxel_ml, config) & ~near_kidney & (
             np.bincount(lab[avid & keep_out], minlength=n + 1) < 0.5 * count)
-        loops = ok[lab]
+        loops = np.zeros_like(avid)
+        loops[avid] = ok[lab[avid]]
     # foci much hotter than their loop stay out of the mask (a node against a loop)
     core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out, s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
