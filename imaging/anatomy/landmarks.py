@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 
 from imaging.anatomy.grid import WorkGrid
 from imaging.anatomy.model import AnatomyConfig, LandmarkFinding
-from imaging.anatomy.tissues import Tissues
+from imaging.anatomy.tissues import Tissues, bbox
 from imaging.vocabulary import Landmark
 
 __all__ = ["PelvisFrame", "find_landmarks"]
@@ -107,7 +107,12 @@ def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, diaphragm_z: float 
     sub = t.bone[kz[0]:kz[-1] + 1]
     f = max(1, round(6.0 / s))
     coarse = _block_reduce_any(sub, f) if f > 1 else sub
-    dist = ndi.distance_transform_edt(coarse) * (s * f)
+    # on the bone's box with a background rim: every bone voxel's nearest background voxel
+    # lies in it (the rim is nearer than anything beyond), so the distances are the same
+    dist = np.zeros(coarse.shape)
+    cbox = bbox(coarse, pad=1)
+    if cbox is not None:
+        dist[cbox] = ndi.distance_transform_edt(coarse[cbox]) * (s * f)
     cx = xs[: coarse.shape[2] * f].reshape(-1, f).mean(axis=1) if f > 1 else xs
     results: dict[str, tuple[NDArray[np.float64], float] | None] = {}
     for side, sign in (("left", 1.0), ("right", -1.0)):
