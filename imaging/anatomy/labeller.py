@@ -247,7 +247,7 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
             continue
         boxes[label] = box
         sub = bits[box]
-        sub[masks_w[label][box]] |= dtype(1 << n)
+        sub |= np.left_shift(masks_w[label][box].astype(dtype), dtype(n))  # not a bool scatter
     # values only on the reference box the working grid covers: zero outside it
     bits_ref, cover = to_reference_box(bits, grid, ref)
     masks: dict[AnatomyLabel, NDArray[np.bool_]] = {}
