@@ -730,7 +730,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     col = np.arange(lungs.shape[2])
     first = np.argmax(lungs, axis=2)[:, :, None]
     last = lungs.shape[2] - 1 - np.argmax(lungs[:, :, ::-1], axis=2)[:, :, None]
-    between = lungs.any(axis=2)[:, :, None] & (col >= first) & (col <= last)
+    has_lung = np.asarray(lungs.any(axis=2), dtype=bool)[:, :, None]
+    between = has_lung & (col >= first) & (col <= last)
     cavity = (inner & ~t.bone[zsl] & ~lungs & ~between & (yy < sp + 10.0)
               & ~box_dilate(blocked[zsl], 1))
     # nodal stations kept out: para-aortic / paracaval band and psoas in front of and beside
