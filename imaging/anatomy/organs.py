@@ -26,7 +26,7 @@ from imaging.anatomy.tissues import (
     box_dilate,
     box_erode,
     box_open,
-    fill_holes_per_slice,
+    fill_holes,
 )
 from imaging.vocabulary import AnatomyLabel, Landmark
 
@@ -43,8 +43,12 @@ class OrganResult:
 
 
 def _components(mask: NDArray[np.bool_]) -> tuple[NDArray[Any], NDArray[Any]]:
+    """26-connected labels and the voxel count of each (index 0: the background)."""
     lab = cc3d.connected_components(mask, connectivity=26)
-    return lab, np.bincount(lab.ravel())
+    # counted over the mask's voxels only: a bincount of every label casts the whole slab
+    sizes = np.bincount(lab[mask], minlength=1)
+    sizes[0] = mask.size - np.count_nonzero(mask)
+    return lab, sizes
 
 
 def _coords(grid: WorkGrid) -> tuple[NDArray[np.float64], ...]:
@@ -99,7 +103,7 @@ def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissue
             if not grown.any():
                 grown = core
             mask = box_close(grown, 1) & near
-            filled = ndi.binary_fill_holes(mask)
+            filled = fill_holes(mask)
             if filled.sum() >= 10:
                 # urine of the wall's partial-volume voxels: CT says fat or wall, PET says
                 # urine; grown only through voxels no hotter than the urine itself, so a
@@ -122,7 +126,7 @@ def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissue
         return OrganResult(None, 0.0, "no PET bladder focus and no water-density blob >= 20 mL "
                            "above the symphysis")
     mask = box_dilate(lab == int(np.argmax(sizes)), 2) & water
-    return OrganResult(full(ndi.binary_fill_holes(mask)), 0.5, "CT only: largest water-density "
+    return OrganResult(full(fill_holes(mask)), 0.5, "CT only: largest water-density "
                        "blob in the midline pelvis (no PET focus)")
 
 
@@ -266,11 +270,10 @@ def _in_crop(mask: NDArray[np.bool_] | None, zsl: slice) -> NDArray[np.bool_] | 
 def _lung_above(lungs: NDArray[np.bool_], near: int, far: int) -> NDArray[np.bool_]:
     """Voxels with lung between ``near`` and ``far`` voxels above them (same column)."""
     nz = lungs.shape[0]
-    cs = np.concatenate([np.zeros((1, *lungs.shape[1:]), dtype=np.int32),
-                         np.cumsum(lungs, axis=0, dtype=np.int32)])
-    hi = cs[np.minimum(np.arange(nz) + far + 1, nz)]
-    lo = cs[np.minimum(np.arange(nz) + near, nz)]
-    return np.asarray(hi - lo > 0, dtype=bool)
+    out = np.zeros(lungs.shape, dtype=bool)
+    for d in range(near, min(far, nz - 1) + 1):  # a few boolean passes, no int32 cumsum
+        out[:nz - d] |= lungs[d:]
+    return out
 
 
 def _spine_front(t: Tissues, grid: WorkGrid, frame: PelvisFrame) -> NDArray[np.float64]:
@@ -313,8 +316,7 @@ def _largest(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
 
 
 def _fill(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    filled, _ = fill_holes_per_slice(np.asarray(ndi.binary_fill_holes(mask), dtype=bool))
-    return filled
+    return fill_holes(fill_holes(mask), per_slice=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -649,7 +651,8 @@ def _loop_pieces(avid: NDArray[np.bool_], lab: NDArray[Any], n: int, loops: NDAr
     plateau = float(np.percentile(pet_c[loops[lab]], 90))
     peak = np.zeros(n + 1)
     peak[1:] = ndi.maximum(pet_c[avid], lab[avid], index=np.arange(1, n + 1))
-    top = avid & (pet_c >= 0.5 * peak[lab])
+    top = np.zeros_like(avid)
+    top[avid] = pet_c[avid] >= 0.5 * peak[lab[avid]]
     wide = np.bincount(lab[top], minlength=n + 1) * voxel_ml >= config.bowel_fragment_ml
     out = wide & (peak <= config.bowel_fragment_ratio * plateau) & ~loops
     out[0] = False
@@ -728,9 +731,13 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     dx = (grid.x_mm() - frame.x_mid_mm)[None, None, :]
     sp = spine[zsl][:, None, None]
     lungs = t.lungs[zsl]
-    left_of = np.maximum.accumulate(lungs, axis=2)
-    right_of = np.maximum.accumulate(lungs[:, :, ::-1], axis=2)[:, :, ::-1]
-    cavity = (inner & ~t.bone[zsl] & ~lungs & ~(left_of & right_of) & (yy < sp + 10.0)
+    # between the lungs: from a row's first lung voxel to its last (no running maximum)
+    col = np.arange(lungs.shape[2])
+    first = np.argmax(lungs, axis=2)[:, :, None]
+    last = lungs.shape[2] - 1 - np.argmax(lungs[:, :, ::-1], axis=2)[:, :, None]
+    has_lung = np.asarray(lungs.any(axis=2), dtype=bool)[:, :, None]
+    between = has_lung & (col >= first) & (col <= last)
+    cavity = (inner & ~t.bone[zsl] & ~lungs & ~between & (yy < sp + 10.0)
               & ~box_dilate(blocked[zsl], 1))
     # nodal stations kept out: para-aortic / paracaval band and psoas in front of and beside
     # the spine (sacrum in the pelvis), pelvic side walls
@@ -753,15 +760,17 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     gas = cavity & (hu_raw <= config.bowel_gas_hu)
     glab, gn = cc3d.connected_components(gas, connectivity=26, return_N=True)
     if gn:
-        gsz = np.bincount(glab.ravel())
+        gsz = np.bincount(glab[gas], minlength=gn + 1)  # the gas voxels' labels only
         big_gas = gsz * voxel_ml >= config.bowel_gas_min_ml
         big_gas[0] = False
-        gas = big_gas[glab]
+        labelled, gas = gas, np.zeros_like(gas)
+        gas[labelled] = big_gas[glab[labelled]]
     lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
     loops = np.zeros_like(avid)
     ok = np.zeros(n + 1, dtype=bool)
     if n:
-        count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+        count = np.bincount(lab[avid], minlength=n + 1).astype(np.float64)
+        count[0] = avid.size - np.count_nonzero(avid)
         tubular = _tubular(avid, lab, n, count, s, config.bowel_min_tubularity)
         with_gas = np.zeros(n + 1, dtype=bool)
         with_gas[np.unique(lab[box_dilate(gas, 1)])] = True
@@ -776,7 +785,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             near_kidney[np.unique(lab[box_dilate(kidneys[zsl], reach_k) & avid])] = True
         ok |= _loop_pieces(avid, lab, n, ok, pet_c, voxel_ml, config) & ~near_kidney & (
             np.bincount(lab[avid & keep_out], minlength=n + 1) < 0.5 * count)
-        loops = ok[lab]
+        loops = np.zeros_like(avid)
+        loops[avid] = ok[lab[avid]]
     # foci much hotter than their loop stay out of the mask (a node against a loop)
     core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out, s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
@@ -837,8 +847,9 @@ def _loop_cores(lab: NDArray[Any], n: int, loops: NDArray[np.bool_], pet_c: NDAr
         return core
     if config.bowel_peak_ratio is not None:
         plateau = _loop_plateau(lab, n, loops, pet_c)
-        hot = mask & (pet_raw > config.bowel_peak_ratio * np.maximum(plateau[lab],
-                                                                      config.bowel_suv))
+        hot = np.zeros_like(mask)
+        hot[mask] = pet_raw[mask] > config.bowel_peak_ratio * np.maximum(plateau[lab[mask]],
+                                                                         config.bowel_suv)
         core = box_dilate(_compact_parts(hot, s, config.bowel_core_max_ml,
                                          config.bowel_min_tubularity), 1)
     if config.bowel_band_peak_ratio is not None:
@@ -977,22 +988,41 @@ def _at_renal_hilum(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     near[np.unique(lab[box_dilate(kidneys, max(1, round(config.ureter_hilum_mm / s)))])] = True
     x = grid.x_mm()
     cx = float(x[0]) + centre[:, 2]
+    kbox = bbox(kidneys)  # the kidneys' voxels in the same order, from their box only
+    assert kbox is not None
+    xk = x[kbox[2]]
     for sign in (1.0, -1.0):
-        side = (sign * (x - x_mid) > 0)[None, None, :] & kidneys
+        side = (sign * (xk - x_mid) > 0)[None, None, :] & kidneys[kbox]
         if not side.any():
             continue
-        kx = float(x[np.nonzero(side)[2]].mean())
+        kx = float(xk[np.nonzero(side)[2]].mean())
         medial = (sign * (cx - x_mid) > 0) & (sign * (cx - kx) < 0)
         out |= near & medial & (count * s**3 / 1000.0 <= config.ureter_bolus_max_ml)
     out[0] = False
     return out
 
 
-def _pool2(a: NDArray[Any], func: Callable[..., Any], cval: float) -> NDArray[Any]:
-    """``a`` reduced by ``func`` over 2-voxel blocks along every axis (padded with ``cval``)."""
-    from skimage.measure import block_reduce
+_PAIRWISE: dict[Callable[..., Any], Callable[..., Any]] = {np.max: np.maximum,
+                                                           np.any: np.logical_or}
 
-    return np.asarray(block_reduce(a, (2,) * a.ndim, func, cval=cval))  # type: ignore[no-untyped-call]
+
+def _pool2(a: NDArray[Any], func: Callable[..., Any], cval: float) -> NDArray[Any]:
+    """``a`` reduced by ``func`` over 2-voxel blocks along every axis (padded with ``cval``).
+
+    ``np.max`` and ``np.any`` run one axis at a time on the even and odd planes (the values of
+    skimage's ``block_reduce``, which reduces a 6-D view several times slower); any other
+    ``func`` goes through ``block_reduce``.
+    """
+    pair = _PAIRWISE.get(func)
+    if pair is None:
+        from skimage.measure import block_reduce
+
+        return np.asarray(block_reduce(a, (2,) * a.ndim, func, cval=cval))  # type: ignore[no-untyped-call]
+    out = np.pad(a, [(0, n % 2) for n in a.shape], constant_values=cval)
+    for axis in range(a.ndim):
+        lead = (slice(None),) * axis
+        out = pair(out[(*lead, slice(0, None, 2))], out[(*lead, slice(1, None, 2))])
+    return out
 
 
 def _bladder_base(bladder: NDArray[np.bool_], grid: WorkGrid, x_mid: float,

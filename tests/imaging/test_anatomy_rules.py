@@ -250,10 +250,24 @@ def test_fill_holes_per_slice_matches_2d_fill_and_labels_each_hole() -> None:
         assert np.unique(np.nonzero(holes == lab)[0]).size == 1
 
 
+def test_fill_holes_matches_scipy_and_the_per_slice_fill() -> None:
+    from scipy import ndimage as ndi
+
+    from imaging.anatomy.tissues import fill_holes, fill_holes_per_slice
+
+    rng = np.random.default_rng(6)
+    for shape in ((12, 40, 30), (1, 9, 8), (7, 1, 5), (20, 21, 22)):
+        a = ndi.binary_dilation(rng.random(shape) < 0.25)
+        assert np.array_equal(fill_holes(a), ndi.binary_fill_holes(a))
+        assert np.array_equal(fill_holes(a, per_slice=True), fill_holes_per_slice(a)[0])
+    empty = np.zeros((0, 3, 3), dtype=bool)
+    assert fill_holes(empty).shape == (0, 3, 3)
+
+
 def test_to_reference_matches_simpleitk_nearest_neighbour_on_axis_aligned_grids() -> None:
     import SimpleITK as sitk
 
-    from imaging.anatomy.grid import WorkGrid, to_reference
+    from imaging.anatomy.grid import WorkGrid, to_reference, to_reference_box
 
     grid = WorkGrid(shape=(20, 17, 15), spacing_mm=3.0, origin_mm=(-20.0, -25.0, 100.0))
     arr = np.random.default_rng(5).integers(1, 2**31, size=grid.shape, dtype=np.uint32)
@@ -272,6 +286,13 @@ def test_to_reference_matches_simpleitk_nearest_neighbour_on_axis_aligned_grids(
         expect = sitk.GetArrayFromImage(sitk.Resample(img, ref_img, sitk.Transform(),
                                                       sitk.sitkNearestNeighbor, 0))
         assert np.array_equal(to_reference(arr, grid, ref), expect)
+        # the covered box holds every voxel the working grid reaches
+        values, box = to_reference_box(arr, grid, ref)
+        assert np.array_equal(values, expect[box])
+        outside = np.ones(ref.shape, dtype=bool)
+        outside[box] = False
+        assert not expect[outside].any()
+        assert values.size < expect.size
 
 
 def _spine_and_aorta(*, tube_hu: float, nz: int = 40) -> tuple[np.ndarray, np.ndarray,
