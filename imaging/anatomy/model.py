@@ -152,7 +152,7 @@ class AnatomyConfig:
     heart_min_ml: float = 150.0
     heart_suv_fraction: float = 0.6
     # lacrimal glands
-    lacrimal_suv: float = 4.0
+    lacrimal_suv: float = 2.5
     lacrimal_max_ml: float = 6.0
     lacrimal_lateral_mm: tuple[float, float] = (12.0, 60.0)
     lacrimal_below_vertex_mm: tuple[float, float] = (50.0, 170.0)
