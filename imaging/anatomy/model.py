@@ -176,6 +176,8 @@ class AnatomyConfig:
     bowel_fragment_kidney_mm: float = 30.0
     bowel_focus_max_mm: float = 15.0
     bowel_core_max_ml: float = 12.0
+    bowel_round_core_ratio: float | None = 3.0
+    bowel_round_core_max_ml: float = 2.0
     bowel_gas_hu: float = -400.0
     bowel_gas_min_ml: float = 0.3
     bowel_gas_reach_mm: float = 12.0
@@ -265,8 +267,9 @@ class AnatomyConfig:
                     "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu",
                     "fine_marrow_bridge_mm", "fine_marrow_window_mm",
                     "ureter_course_floor_suv", "ureter_course_max_ml",
-                    "ureter_path_mm", "ureter_base_midline_mm")
-        optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio")
+                    "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml")
+        optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
+                             "bowel_round_core_ratio")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:

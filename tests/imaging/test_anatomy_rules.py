@@ -142,6 +142,8 @@ def test_wrong_unit_and_empty_ct_are_rejected() -> None:
     ({"working_spacing_mm": 20.0}, "working_spacing_mm"),
     ({"bowel_fragment_ratio": -1.0}, "bowel_fragment_ratio"),
     ({"bowel_peak_ratio": float("nan")}, "bowel_peak_ratio"),
+    ({"bowel_round_core_ratio": 0.0}, "bowel_round_core_ratio"),
+    ({"bowel_round_core_max_ml": -2.0}, "bowel_round_core_max_ml"),
     ({"ureter_hilum_mm": 0.0}, "ureter_hilum_mm"),
     ({"ureter_path_mm": -6.0}, "ureter_path_mm"),
     ({"ureter_course_max_ml": float("inf")}, "ureter_course_max_ml"),

@@ -380,3 +380,25 @@ def test_base_course_follows_the_ureter_down_the_back_of_the_bladder_not_a_side_
     assert on[b_id]
     assert not on[[n_id, r_id]].any()
     assert not voxels[node | recurrence].any()
+
+
+def test_a_nodes_round_hot_core_in_a_loop_is_focal_only_when_it_stands_well_above_the_loop(
+) -> None:
+    from imaging.anatomy.organs import _compact_parts, _round_parts
+
+    # 3 mm grid: two round hot cores of 10 x 10 x 10 mm (about 0.5 mL, no voxel two voxels
+    # deep: the tubularity test takes them for tubular), one holding a voxel above 3 x the
+    # loop's plateau, and a hot stretch of bowel 9 mm wide and 60 mm long that holds one too
+    shape = (30, 30, 40)
+    zz, yy, xx = np.mgrid[: shape[0], : shape[1], : shape[2]]
+    node = (zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 8) ** 2 <= 2.6
+    bump = (zz - 8) ** 2 + (yy - 20) ** 2 + (xx - 8) ** 2 <= 2.6
+    stretch = (np.abs(zz - 20) <= 1) & (np.abs(yy - 20) <= 1) & (xx >= 10) & (xx < 30)
+    hot = node | bump | stretch
+    strong = np.zeros(shape, dtype=bool)
+    strong[8, 8, 8] = strong[20, 20, 20] = True
+    assert not _compact_parts(hot, 3.0, 12.0, 2.0)[node].any()
+    round_ = _round_parts(hot, strong, 3.0, 2.0, 2.0)
+    assert round_[node].all()
+    assert not round_[bump].any()
+    assert not round_[stretch].any()
