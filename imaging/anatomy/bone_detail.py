@@ -13,13 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import cc3d
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage as ndi
 
 from imaging.anatomy.model import AnatomyConfig
-from imaging.anatomy.tissues import _dilate, _erode, _max3, bbox, fill_holes_per_slice
+from imaging.anatomy.tissues import (
+    _dilate,
+    _erode,
+    _max3,
+    bbox,
+    fill_holes_per_slice,
+    label_slices,
+)
 from imaging.resample import resample_to
 from imaging.volume import Volume, same_geometry
 
@@ -153,10 +159,7 @@ def refine_bone_edge(bone: NDArray[np.bool_], hu: NDArray[np.float32],
         # each in-plane piece of marrow is judged as a whole, by the median of its local means
         # (the pieces never reach a slice's first or last row: the box is padded around the
         # coarse mask, so stacking the slices joins none of them)
-        nz, ny, nx = marrow.shape
-        pieces, n = cc3d.connected_components(marrow.reshape(nz * ny, nx), connectivity=8,
-                                              return_N=True)
-        pieces = pieces.reshape(marrow.shape)
+        pieces, n = label_slices(marrow)
         median = _median_per_label(local[marrow], pieces[marrow], n)
         keep = median >= marrow_min_hu
         if fatty_marrow_max_hu is not None:

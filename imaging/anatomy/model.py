@@ -278,12 +278,10 @@ class AnatomyConfig:
                 raise ConfigError(f"anatomy.{name} must be a positive number"
                                   f"{' or none' if name in optional_positive else ''}, "
                                   f"got {value!r}.")
-        if not isinstance(self.ureter_base_course, bool):
-            raise ConfigError(f"anatomy.ureter_base_course must be true or false, got "
-                              f"{self.ureter_base_course!r}.")
-        if not isinstance(self.ureter_course, bool):
-            raise ConfigError(f"anatomy.ureter_course must be true or false, got "
-                              f"{self.ureter_course!r}.")
+        for flag in ("ureter_course", "ureter_base_course"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"anatomy.{flag} must be true or false, got "
+                                  f"{getattr(self, flag)!r}.")
         if not 0.0 < self.fine_bone_edge_fraction < 1.0:
             raise ConfigError(f"anatomy.fine_bone_edge_fraction is a share of the way from soft "
                               f"tissue to the local peak, in (0, 1) (0.5: the half maximum); got "

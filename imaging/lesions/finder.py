@@ -1268,8 +1268,8 @@ def _remove_spill(
         if noise:
             # noise at the SUV of the component's own part: its voxels on the organ's rim (a
             # bladder's partial-volume voxels at SUV 50-70) are not where its maxima can lie
-            own = comp & ~rim
-            at = float(np.asarray(arr[box])[own].max()) if own.any() else float(top[c])
+            off_rim = comp & ~rim
+            at = float(np.asarray(arr[box])[off_rim].max()) if off_rim.any() else float(top[c])
             h = max(h, config.spill_prominence_noise_sd * noise * float(np.sqrt(max(at, 0.0))))
         peaks = h_maxima(np.where(comp, img, 0.0), h) & comp & ~rim
         own, n_own = _cc3d.connected_components(peaks, connectivity=26, return_N=True)
