@@ -360,8 +360,14 @@ def _seed_reference(a: _Abdomen, seed: NDArray[np.bool_]) -> tuple[float, float]
 
 
 def _grow_organ(a: _Abdomen, seed: NDArray[np.bool_], ref: tuple[float, float],
-                blocked: NDArray[np.bool_], *, config: AnatomyConfig) -> NDArray[np.bool_]:
-    """Region growing from ``seed`` through voxels of similar CT density and PET uptake."""
+                blocked: NDArray[np.bool_], keep_out: NDArray[np.bool_], *,
+                config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Region growing from ``seed`` through voxels of similar CT density and PET uptake.
+
+    The growth stops at ``blocked`` (other organs and uptake as hot as theirs); the holes it
+    leaves are filled, except for ``keep_out`` (the other organs' own masks): a metastasis
+    hotter than a kidney but enclosed by the liver is in the liver.
+    """
     ref_suv, ref_hu = ref
     lo, hi = config.organ_suv_ratio
     allowed = (a.soft & (np.abs(a.hu - ref_hu) <= config.organ_hu_tol)
@@ -379,7 +385,7 @@ def _grow_organ(a: _Abdomen, seed: NDArray[np.bool_], ref: tuple[float, float],
         return out
     grown = box_dilate(grown, 1) & allowed_b
     grown = box_close(grown, 2) & ~blocked_b & soft_b
-    grown = _fill(grown) & ~blocked_b & a.body_soft[box]
+    grown = _fill(grown) & ~keep_out[box] & a.body_soft[box]
     # organ edge: up to organ_rim_mm more (into lung, bone or fat) where the PET still shows
     # the organ's uptake, so its partial-volume spill gets the organ's threshold
     out[box] = _pet_rim(grown, a.pet[box], lo * ref_suv, a.body[box] & ~blocked_b, rim)
@@ -430,13 +436,14 @@ def _liver_spleen_kidneys(hu: NDArray[np.float32], pet: NDArray[np.float32], t: 
         OrganResult(kid, 0.7, f"SUV >= {kid_suv:.3g} components lateral to the spine between "
                     "the iliac crests and the diaphragm")
         if kid.any() else OrganResult(None, 0.0, "no renal uptake found below the diaphragm"))
-    kid_block = box_dilate(kid[a.zsl], 1) | (a.pet >= kid_suv)
+    kid_near = box_dilate(kid[a.zsl], 1)
+    kid_block = kid_near | (a.pet >= kid_suv)
     liver_c = np.zeros(a.soft.shape, dtype=bool)
     if liver_ref is None:
         out[AnatomyLabel.LIVER] = OrganResult(None, 0.0, "no soft tissue with tracer uptake "
                                               "under the right lung base (liver seed)")
     else:
-        liver_c = _grow_organ(a, liver_seed, liver_ref, kid_block, config=config)
+        liver_c = _grow_organ(a, liver_seed, liver_ref, kid_block, kid_near, config=config)
         ml = float(liver_c.sum() * voxel_ml)
         if ml >= config.liver_min_ml:
             out[AnatomyLabel.LIVER] = OrganResult(
@@ -459,7 +466,8 @@ def _liver_spleen_kidneys(hu: NDArray[np.float32], pet: NDArray[np.float32], t: 
         out[AnatomyLabel.SPLEEN] = OrganResult(None, 0.0, "no soft tissue with tracer uptake "
                                                "under the left lung base (spleen seed)")
         return
-    spleen_c = _grow_organ(a, spleen_seed, spleen_ref, blocked, config=config)
+    spleen_c = _grow_organ(a, spleen_seed, spleen_ref, blocked, kid_near | box_dilate(liver_c, 1),
+                           config=config)
     ml = float(spleen_c.sum() * voxel_ml)
     if config.spleen_ml[0] <= ml <= config.spleen_ml[1]:
         out[AnatomyLabel.SPLEEN] = OrganResult(

@@ -402,3 +402,18 @@ def test_a_nodes_round_hot_core_in_a_loop_is_focal_only_when_it_stands_well_abov
     assert round_[node].all()
     assert not round_[bump].any()
     assert not round_[stretch].any()
+
+
+@pytest.mark.slow
+def test_a_liver_metastasis_hotter_than_the_kidneys_stays_in_the_liver() -> None:
+    """The liver's growth stops at uptake as hot as a kidney's; a metastasis of SUV 40 inside
+    the liver is such uptake, but the hole it leaves is filled: a lesion there is visceral."""
+    patient = generate_patient(
+        5, size="small", tracer="psma11",
+        lesions=[LesionSpec(site="visceral_liver", radius_mm=10.0, suv_max=40.0)])
+    anatomy = label_anatomy(patient.ct, pet=patient.pet_suv)
+    lesion = np.asarray(patient.lesions_pet.array) > 0
+    assert lesion.sum() >= 10
+    inside = np.count_nonzero(anatomy.mask(A.LIVER) & lesion) / lesion.sum()
+    assert inside >= 0.95, inside
+    assert not (anatomy.mask(A.KIDNEYS) & lesion).any()
