@@ -189,7 +189,7 @@ class AnatomyConfig:
     bowel_sidewall_mm: float = 10.0
     # ureters
     ureter_suv: float = 2.5
-    ureter_lateral_mm: tuple[float, float] = (10.0, 110.0)
+    ureter_lateral_mm: tuple[float, float] = (20.0, 110.0)
     ureter_min_length_mm: float = 20.0
     ureter_min_elongation: float = 2.5
     ureter_max_width_mm: float = 15.0
