@@ -961,10 +961,16 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     w = max(3, 2 * round(config.ureter_max_width_mm / s / 2) + 1)
     tophat = np.zeros(t.body[zsl].shape, dtype=np.float32)
     tophat[body_box] = pet_c - ndi.grey_opening(pet_c, size=(1, w, w), mode="nearest")
+    # ureter_lateral_mm bounds the ureter's axis, which its hottest voxel marks; its voxels
+    # reach up to half its width closer to the midline. A hot piece peaking nearer the midline
+    # (a presacral node, a recurrence at the bladder base) is left out whole, not cut at the
+    # limit into a small piece that looks like a bolus.
+    near = config.ureter_lateral_mm[0] - config.ureter_max_width_mm / 2.0
     cand = ((pet[zsl] >= config.ureter_suv) & (tophat >= config.ureter_contrast_suv)
             & t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl] & ~excl
-            & (lat >= config.ureter_lateral_mm[0]) & (lat <= config.ureter_lateral_mm[1]))
+            & (lat >= near) & (lat <= config.ureter_lateral_mm[1]))
     lab, n = cc3d.connected_components(cand, connectivity=26, return_N=True)
+    lab = _drop_medial_peaks(lab, n, pet[zsl], lat, config.ureter_lateral_mm[0])
     if n == 0:
         return OrganResult(None, 0.0, f"no SUV >= {config.ureter_suv:g} track between the "
                            "kidneys and the bladder")
@@ -1002,6 +1008,23 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                        + (f"or lie within {config.ureter_path_mm:g} mm of the cheapest "
                           "kidney-to-bladder path on PET " if config.ureter_course else "")
                        + "(equivocal, domain.md 3.1)")
+
+
+def _drop_medial_peaks(lab: NDArray[Any], n: int, pet: NDArray[np.float32],
+                       lat: NDArray[np.float64], limit_mm: float) -> NDArray[Any]:
+    """``lab`` without the components whose hottest voxel lies within ``limit_mm`` of the
+    midline (``lat``: distance from it, broadcastable)."""
+    if n == 0:
+        return lab
+    vox = np.argwhere(lab > 0)
+    ids = lab[tuple(vox.T)]
+    order = np.lexsort((pet[tuple(vox.T)], ids))
+    ids, vox = ids[order], vox[order]
+    last = np.r_[ids[1:] != ids[:-1], True]
+    lat_full = np.broadcast_to(lat, lab.shape)
+    medial = np.zeros(n + 1, dtype=bool)
+    medial[ids[last]] = lat_full[tuple(vox[last].T)] < limit_mm
+    return np.where(medial[lab], 0, lab)
 
 
 def _at_renal_hilum(lab: NDArray[Any], n: int, count: NDArray[np.float64],

@@ -417,3 +417,27 @@ def test_a_liver_metastasis_hotter_than_the_kidneys_stays_in_the_liver() -> None
     inside = np.count_nonzero(anatomy.mask(A.LIVER) & lesion) / lesion.sum()
     assert inside >= 0.95, inside
     assert not (anatomy.mask(A.KIDNEYS) & lesion).any()
+
+
+def test_a_hot_piece_peaking_near_the_midline_is_left_out_whole() -> None:
+    import cc3d
+
+    from imaging.anatomy.organs import _drop_medial_peaks
+
+    # 3 mm grid, x from -90 to +87 mm, midline at 0: a recurrence peaking 15 mm off the
+    # midline whose halo reaches past 20 mm, and a ureter bolus peaking 45 mm off it
+    x = -90.0 + 3.0 * np.arange(60)
+    lat = np.abs(x)[None, None, :]
+    zz, yy, xx = np.mgrid[:20, :20, :60].astype(np.float32)
+    pet = np.zeros(zz.shape, dtype=np.float32)
+    for cx, suv in ((15.0, 20.0), (-45.0, 8.0)):
+        i = (cx + 90.0) / 3.0
+        pet = np.maximum(pet, suv * np.exp(-((zz - 10) ** 2 + (yy - 10) ** 2 + (xx - i) ** 2)
+                                           / (2 * 2.0**2)))
+    hot = (pet >= 2.5) & (lat >= 12.5)
+    lab, n = cc3d.connected_components(hot, connectivity=26, return_N=True)
+    assert n == 2
+    out = _drop_medial_peaks(lab, n, pet, lat, 20.0)
+    assert not out[10, 10, 37].any()   # 21 mm off the midline: part of the recurrence
+    assert out[10, 10, 15] > 0         # the bolus
+    assert (out > 0).sum() == (lab == lab[10, 10, 15]).sum()
