@@ -767,6 +767,10 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     last = lungs.shape[2] - 1 - np.argmax(lungs[:, :, ::-1], axis=2)[:, :, None]
     has_lung = np.asarray(lungs.any(axis=2), dtype=bool)[:, :, None]
     between = has_lung & (col >= first) & (col <= last)
+    if dz is not None:
+        # below the diaphragm's dome the lung bases only hem in the upper abdomen (the
+        # stomach's fundus and gas cap lie between them), not the mediastinum
+        between &= (zs[zsl] >= dz)[:, None, None]
     cavity = (inner & ~t.bone[zsl] & ~lungs & ~between & (yy < sp + 10.0)
               & ~box_dilate(blocked[zsl], 1))
     # nodal stations kept out: para-aortic / paracaval band and psoas in front of and beside
