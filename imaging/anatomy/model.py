@@ -189,7 +189,8 @@ class AnatomyConfig:
     bowel_sidewall_mm: float = 10.0
     # ureters
     ureter_suv: float = 2.5
-    ureter_lateral_mm: tuple[float, float] = (20.0, 110.0)
+    ureter_lateral_mm: tuple[float, float] = (10.0, 110.0)
+    ureter_peak_midline_mm: float = 20.0
     ureter_min_length_mm: float = 20.0
     ureter_min_elongation: float = 2.5
     ureter_max_width_mm: float = 15.0
@@ -267,7 +268,8 @@ class AnatomyConfig:
                     "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu",
                     "fine_marrow_bridge_mm", "fine_marrow_window_mm",
                     "ureter_course_floor_suv", "ureter_course_max_ml",
-                    "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml")
+                    "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml",
+                    "ureter_peak_midline_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
                              "bowel_round_core_ratio")
         for name in positive + optional_positive:

@@ -965,16 +965,14 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     w = max(3, 2 * round(config.ureter_max_width_mm / s / 2) + 1)
     tophat = np.zeros(t.body[zsl].shape, dtype=np.float32)
     tophat[body_box] = pet_c - ndi.grey_opening(pet_c, size=(1, w, w), mode="nearest")
-    # ureter_lateral_mm bounds the ureter's axis, which its hottest voxel marks; its voxels
-    # reach up to half its width closer to the midline. A hot piece peaking nearer the midline
-    # (a presacral node, a recurrence at the bladder base) is left out whole, not cut at the
-    # limit into a small piece that looks like a bolus.
-    near = config.ureter_lateral_mm[0] - config.ureter_max_width_mm / 2.0
     cand = ((pet[zsl] >= config.ureter_suv) & (tophat >= config.ureter_contrast_suv)
             & t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl] & ~excl
-            & (lat >= near) & (lat <= config.ureter_lateral_mm[1]))
+            & (lat >= config.ureter_lateral_mm[0]) & (lat <= config.ureter_lateral_mm[1]))
     lab, n = cc3d.connected_components(cand, connectivity=26, return_N=True)
-    lab = _drop_medial_peaks(lab, n, pet[zsl], lat, config.ureter_lateral_mm[0])
+    # above the bladder the ureters run 40 mm or more off the midline; a hot piece peaking
+    # within ureter_peak_midline_mm of it (a presacral node, a recurrence at the bladder base)
+    # is left out whole, not cut at a limit into a small piece that looks like a bolus
+    lab = _drop_medial_peaks(lab, n, pet[zsl], lat, config.ureter_peak_midline_mm)
     if n == 0:
         return OrganResult(None, 0.0, f"no SUV >= {config.ureter_suv:g} track between the "
                            "kidneys and the bladder")
@@ -987,7 +985,8 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     on_path = np.zeros(lab.shape, dtype=bool)
     if config.ureter_course and bladder is not None:
         allowed = (t.body[zsl] & ~t.bone[zsl] & ~t.lungs[zsl] & ~blocked[zsl]
-                   & (lat >= config.ureter_lateral_mm[0]) & (lat <= config.ureter_lateral_mm[1]))
+                   & (lat >= config.ureter_peak_midline_mm)
+                   & (lat <= config.ureter_lateral_mm[1]))
         course = _best_course(pet[zsl], allowed, kidneys[zsl], bladder[zsl], grid,
                               frame.x_mid_mm, w, config)
         if config.ureter_base_course:
