@@ -247,8 +247,13 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sigkill_at_many_moments_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
-    """kill -9 the batch parent at several moments; rerunning gives the uninterrupted result."""
-    manifest = write_fake_cohort(tmp_path / "in", _specs(8, sleep=0.25))
+    """kill -9 the batch parent at several moments; rerunning gives the uninterrupted result.
+
+    Each of the three rounds stages at least one study before its kill, and with two workers
+    and the offset up to about three: 16 studies leave room for the kills to interrupt the
+    work (8 did not always: a fast round could finish them all)."""
+    n = 16
+    manifest = write_fake_cohort(tmp_path / "in", _specs(n, sleep=0.25))
     reference = tmp_path / "reference"
     _run(manifest, reference)
     out = tmp_path / "out"
@@ -269,12 +274,12 @@ def test_sigkill_at_many_moments_then_rerun_equals_uninterrupted(tmp_path: Path)
         proc.wait()
         _, alive = psutil.wait_procs(helpers, timeout=15)
         assert not alive, f"orphaned worker processes survived the kill: {alive}"
-    assert len(db.read_results(out / "results.db")) < 8  # the kills did interrupt the work
+    assert len(db.read_results(out / "results.db")) < n  # the kills did interrupt the work
     done = _run(manifest, out)
     assert done.n_failed == 0
     assert _snapshot(out) == _snapshot(reference)
     staged = db.read_results(out / "results.db")
-    assert len(staged) == 8
+    assert len(staged) == n
     assert staged["study_key"].is_unique
 
 
