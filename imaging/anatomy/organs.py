@@ -1013,20 +1013,29 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                        + "(equivocal, domain.md 3.1)")
 
 
+def _component_peaks(lab: NDArray[Any], pet: NDArray[np.float32], within: NDArray[np.bool_]
+                     ) -> tuple[NDArray[Any], NDArray[np.intp]]:
+    """Label and voxel index of the hottest voxel of every component of ``lab`` in ``within``.
+
+    The voxels are sorted by (label, SUV) and the last of each label taken.
+    """
+    vox = np.argwhere(within)
+    ids = lab[tuple(vox.T)]
+    order = np.lexsort((pet[tuple(vox.T)], ids))
+    ids, vox = ids[order], vox[order]
+    last = np.r_[ids[1:] != ids[:-1], True]
+    return ids[last], vox[last]
+
+
 def _drop_medial_peaks(lab: NDArray[Any], n: int, pet: NDArray[np.float32],
                        lat: NDArray[np.float64], limit_mm: float) -> NDArray[Any]:
     """``lab`` without the components whose hottest voxel lies within ``limit_mm`` of the
     midline (``lat``: distance from it, broadcastable)."""
     if n == 0:
         return lab
-    vox = np.argwhere(lab > 0)
-    ids = lab[tuple(vox.T)]
-    order = np.lexsort((pet[tuple(vox.T)], ids))
-    ids, vox = ids[order], vox[order]
-    last = np.r_[ids[1:] != ids[:-1], True]
-    lat_full = np.broadcast_to(lat, lab.shape)
+    ids, peak = _component_peaks(lab, pet, lab > 0)
     medial = np.zeros(n + 1, dtype=bool)
-    medial[ids[last]] = lat_full[tuple(vox[last].T)] < limit_mm
+    medial[ids] = np.broadcast_to(lat, lab.shape)[tuple(peak.T)] < limit_mm
     return np.where(medial[lab], 0, lab)
 
 
@@ -1199,14 +1208,9 @@ def _on_best_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     small = (count * s**3 / 1000.0 <= config.ureter_course_max_ml) & (count > 0)
     small[0] = False
     if small.any():
-        # each small component's hottest voxel: sort its voxels by (label, SUV), take the last
-        vox = np.argwhere(small[lab])
-        ids = lab[tuple(vox.T)]
-        order = np.lexsort((pet[tuple(vox.T)], ids))
-        ids, vox = ids[order], vox[order]
-        last = np.r_[ids[1:] != ids[:-1], True]
-        near, _ = tree.query(vox[last] * s, distance_upper_bound=config.ureter_path_mm + 1e-6)
-        out[ids[last][np.isfinite(near)]] = True
+        ids, peak = _component_peaks(lab, pet, small[lab])
+        near, _ = tree.query(peak * s, distance_upper_bound=config.ureter_path_mm + 1e-6)
+        out[ids[np.isfinite(near)]] = True
     reach = config.ureter_path_mm / s
     lo = np.maximum(np.floor(course.min(axis=0) - reach), 0).astype(int)
     hi = np.ceil(course.max(axis=0) + reach + 1).astype(int)
