@@ -151,6 +151,7 @@ def test_wrong_unit_and_empty_ct_are_rejected() -> None:
     ({"ureter_course": "yes"}, "ureter_course"),
     ({"ureter_base_course": 1}, "ureter_base_course"),
     ({"ureter_base_midline_mm": -20.0}, "ureter_base_midline_mm"),
+    ({"ureter_peak_midline_mm": 0.0}, "ureter_peak_midline_mm"),
     ({"lumen_min_soft_rim": 1.5}, "lumen_min_soft_rim"),
     ({"lumen_core_mm": (9.0, 0.0)}, "lumen_core_mm"),
     ({"fine_bone_hu": -5.0}, "fine_bone_hu"),
