@@ -174,12 +174,16 @@ class PipelineConfig:
     def to_toml(self) -> str:
         """The resolved configuration as a TOML file that :func:`load_config` reads back.
 
-        Keys whose value is None (TOML has no null) are left out: None is their default.
+        TOML has no null: a None value is left out where None is the key's default and
+        written as ``"none"`` where it switches a setting off (``detect_suv = "none"``).
         """
         import tomli_w
 
+        defaults = {name: {f.name: f.default for f in fields(cls)}
+                    for name, cls in SECTIONS.items()}
         data = {
-            section: {k: v for k, v in values.items() if v is not None}
+            section: {k: ("none" if v is None else v) for k, v in values.items()
+                      if v is not None or defaults[section].get(k) is not None}
             for section, values in self.to_dict().items()
         }
         header = (f"# psma-stage resolved configuration (schema {CONFIG_SCHEMA_VERSION}), "
@@ -196,8 +200,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or value == "none"):
+            return None  # "none": TOML's spelling of an optional setting switched off
         errors = []
         for arg in args:
             if arg is type(None):

@@ -137,6 +137,13 @@ class LesionConfig:
     contrast_noise_floor_suv : float
         Lowest background level used in the noise term (SUV), so that a focus in fat is not
         judged against a near-zero noise [D].
+    detect_suv : float or None
+        SUVmax a soft-tissue component needs to be called a lesion; its extent is still
+        delineated at the soft-tissue threshold (hysteresis: detect at SUV 4, delineate at
+        SUV 3, both usual fixed thresholds [V]); on the synthetic cohort the foci peaking at
+        SUV 3.3-3.5 in two voxels were noise maxima of ureters, the aorta and the stomach wall.
+        A component whose SUVmax lies in bone keeps the bone threshold (qPSMA: bone SUV >= 3).
+        ``None`` switches the test off [D].
     exclude : tuple of AnatomyLabel
         Hard-excluded organs .
     exclusion_margin_mm : float
@@ -186,6 +193,12 @@ class LesionConfig:
         .
     equivocal_touch_mm : float
         Distance (mm) from the mask that counts as touching (5 mm: the adjacent PET voxels) [D].
+    equivocal_hotter_ratio : float or None
+        A lesion touching an ``equivocal_touch`` organ is not equivocal when its SUVmax exceeds
+        this many times the organ's urine activity (the 99th percentile of SUV in the organ's
+        mask): urine cannot be hotter than the urine it belongs to, so a node of SUV 23 beside
+        an [18F]PSMA-1007 ureter of SUV 5 is a node. ``None``: every touching lesion is
+        equivocal [D].
     equivocal_margin_mm : float
         Exclusion margin of the ``equivocal_touch`` organs (bladder, ureters) when they are also
         hard-excluded: 0, so that a lesion abutting the bladder keeps its voxels and is reported
@@ -241,8 +254,10 @@ class LesionConfig:
     spill_hotter_ratio: float = 1.5
     min_contrast_noise: float | None = 5.0
     contrast_noise_floor_suv: float = 0.5
+    detect_suv: float | None = 4.0
     equivocal_touch: tuple[AnatomyLabel, ...] = _DEFAULT_EQUIVOCAL_TOUCH
     equivocal_touch_mm: float = 5.0
+    equivocal_hotter_ratio: float | None = 2.0
     equivocal_margin_mm: float = 0.0
     spill_margin_max_mm: float = 12.0
     ganglion_max_suv: float = 4.0
@@ -317,14 +332,15 @@ class LesionConfig:
             "blood_pool_diameter_mm", "blood_pool_length_mm", "suv_peak_volume_ml",
             "max_plausible_suv", "split_prominence_suv", "spill_prominence_suv",
             "contrast_noise_floor_suv", "spill_prominence_noise_sd", "spill_hotter_ratio",
-        )
+        ) + (("equivocal_hotter_ratio",) if self.equivocal_hotter_ratio is not None else ())
         non_negative = (
             "percist_liver_sd_factor", "percist_blood_pool_sd_factor", "isocontour_margin_mm",
             "min_volume_ml", "exclusion_margin_mm", "adaptive_margin_mm",
             "equivocal_touch_mm", "equivocal_margin_mm", "spill_margin_max_mm",
             "ganglion_max_suv", "ganglion_max_volume_ml", "ganglion_bone_distance_mm",
         )
-        optional = ("min_contrast_noise",) if self.min_contrast_noise is not None else ()
+        optional = tuple(name for name in ("min_contrast_noise", "detect_suv")
+                         if getattr(self, name) is not None)
         for name in positive + non_negative + optional:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):

@@ -678,6 +678,11 @@ def find_lesions(
                                                  config)
         notes.append(how_cnr)
 
+    # 3c. Detection level: a soft-tissue component must peak at detect_suv (hysteresis).
+    if config.detect_suv is not None and n:
+        thresholds["detect_suv"] = float(config.detect_suv)
+        fg, lab, n = _drop_faint(arr, fg, lab, n, bone, config.detect_suv)
+
     # 4. Optional split and isocontour refinement.
     if config.split and n:
         lab, n = _split_components(arr, fg, lab, n, config)
@@ -871,6 +876,24 @@ def _drop_small(
         return fg, lab, 0
     counts = np.bincount(lab, minlength=n + 1)
     return _keep_components(fg, lab, n, counts * voxel_ml >= min_ml * (1 - 1e-9))
+
+
+def _drop_faint(
+    arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
+    bone: NDArray[np.bool_] | None, detect_suv: float,
+) -> tuple[NDArray[np.intp], NDArray[np.intp], int]:
+    """Remove soft-tissue components whose SUVmax is below ``detect_suv``.
+
+    A component whose hottest voxel lies in ``bone`` is kept (the bone threshold applies).
+    """
+    vals = arr.reshape(-1)[fg]
+    order = np.lexsort((-vals, lab))  # per label, hottest voxel first
+    first = order[np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]]
+    ok = np.zeros(n + 1, dtype=bool)
+    ok[lab[first]] = vals[first] >= detect_suv
+    if bone is not None:
+        ok[lab[first]] |= bone.reshape(-1)[fg[first]]
+    return _keep_components(fg, lab, n, ok)
 
 
 def _keep_components(
@@ -1307,6 +1330,9 @@ def _equivocal_reasons(
         if organ in touched:  # was joined to the organ's spill before that was removed
             near |= np.isin(fg, touched[organ])
         hit = np.bincount(lab[near], minlength=n + 1)[1:] > 0
+        level = _urine_level(suv, zones, organ)
+        if config.equivocal_hotter_ratio is not None and level is not None:
+            hit &= meas.suv_max <= config.equivocal_hotter_ratio * level
         for i in np.flatnonzero(hit):
             reasons[i].append(f"touches {organ.value}")
     bone = zones.mask(AnatomyLabel.BONE)
@@ -1336,6 +1362,16 @@ def _equivocal_reasons(
                         f"< {config.ganglion_max_volume_ml:g} mL, "
                         f"<= {config.ganglion_bone_distance_mm:g} mm from bone)")
     return ["; ".join(r) if r else None for r in reasons]
+
+
+def _urine_level(suv: Volume, zones: Zones, organ: AnatomyLabel) -> float | None:
+    """The urine activity of the bladder or a ureter: the 99th percentile of SUV in its mask."""
+    box = zones.bbox(organ)
+    mask = zones.mask(organ)
+    if box is None or mask is None:
+        return None
+    vals = np.asarray(suv.array[box])[np.asarray(mask[box])]
+    return float(np.percentile(vals, 99)) if vals.size else None
 
 
 def _triple(row: NDArray[np.float64]) -> tuple[float, float, float]:

@@ -240,6 +240,8 @@ def test_invalid_settings_raise_config_error() -> None:
         LesionConfig(min_volume_ml=-1)
     with pytest.raises(ConfigError, match="unknown anatomy label"):
         LesionConfig(exclude=("kidneys", "pancreas"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="equivocal_hotter_ratio must be positive"):
+        LesionConfig(equivocal_hotter_ratio=0.0)
     with pytest.raises(ConfigError, match="valid presets"):
         LesionConfig.preset("suv9")
     for flag in ("organ_fringe_drop", "spill_drop", "spill_correction"):
@@ -253,7 +255,8 @@ def test_invalid_settings_raise_config_error() -> None:
 SHAPE = (90, 64, 64)  # z 0..267 mm, y and x 0..252 mm
 
 
-def _patient(seed: int = 3) -> tuple[NDArray[np.float64], dict[A, NDArray[np.bool_]]]:
+def _patient(seed: int = 3, *, bladder: float = 60.0
+             ) -> tuple[NDArray[np.float64], dict[A, NDArray[np.bool_]]]:
     """Boxes and spheres with textbook PSMA-11 uptake, blurred and with mild noise."""
     k, j, i = _grid(SHAPE)
     body = (np.abs(j - 126) < 110) & (np.abs(i - 126) < 115)
@@ -271,7 +274,7 @@ def _patient(seed: int = 3) -> tuple[NDArray[np.float64], dict[A, NDArray[np.boo
     m[A.SALIVARY_GLANDS] = parotids | submandibular
     arr = np.where(body, 0.6, 0.0)
     for organ, value in [(A.LIVER, 5.0), (A.SPLEEN, 7.0), (A.KIDNEYS, 35.0),
-                         (A.URINARY_BLADDER, 60.0), (A.BONE, 1.0), (A.AORTA, 1.8),
+                         (A.URINARY_BLADDER, bladder), (A.BONE, 1.0), (A.AORTA, 1.8),
                          (A.SALIVARY_GLANDS, 14.0)]:
         arr[m[organ]] = value
     arr[submandibular] = 40.0  # hotter than the parotids: must not enter their reference
@@ -365,6 +368,22 @@ def test_lesion_next_to_the_bladder_is_kept_but_equivocal() -> None:
     assert result.thresholds["spill_scale:urinary_bladder"] == pytest.approx(60.0, rel=0.15)
 
 
+@pytest.mark.parametrize(("suv", "ratio", "equivocal"),
+                         [(40.0, 2.0, False), (10.0, 2.0, True), (40.0, None, True)])
+def test_a_lesion_far_hotter_than_the_urine_it_touches_is_not_equivocal(
+        suv: float, ratio: float | None, equivocal: bool) -> None:
+    """An [18F]PSMA-1007-like bladder of SUV 6: a node of SUVmax > 2 x 6 beside it is no urine."""
+    arr, masks = _patient(bladder=6.0)
+    touching = ((30.0, 100.0, 158.0), 7.0, suv)  # its edge on the bladder wall
+    result = find_lesions(_suv(_with_lesions(arr, [touching])), anatomy=masks,
+                          config=LesionConfig(equivocal_hotter_ratio=ratio))
+    assert result.lesion_count == 1
+    les = result.lesions[0]
+    assert les.centroid_mm[0] == pytest.approx(160.0, abs=4.0)
+    assert les.equivocal is equivocal
+    assert (les.suv_max > 12.5) is (suv == 40.0)
+
+
 def test_lesion_near_but_not_touching_the_bladder_keeps_its_size() -> None:
     arr, masks = _patient()
     near = ((30.0, 100.0, 162.0), 7.0, 14.0)  # 8 mm from the bladder mask
@@ -384,7 +403,11 @@ def test_lesion_near_but_not_touching_the_bladder_keeps_its_size() -> None:
 def test_small_faint_paravertebral_focus_is_ganglion_like_equivocal() -> None:
     arr, masks = _patient()
     ganglion = ((180.0, 180.0, 144.0), 5.0, 4.6)  # beside the spine, above the liver edge
-    result = find_lesions(_suv(_with_lesions(arr, [ganglion])), anatomy=masks)
+    img = _suv(_with_lesions(arr, [ganglion]))
+    # below the detection level (SUV 4) it is not called at all; without that level, the
+    # ganglion rule flags it
+    assert find_lesions(img, anatomy=masks).lesion_count == 0
+    result = find_lesions(img, anatomy=masks, config=LesionConfig(detect_suv=None))
     hits = [les for les in result.lesions
             if np.linalg.norm(np.subtract(les.centroid_mm, (144.0, 180.0, 180.0))) < 8]
     assert len(hits) == 1
@@ -398,7 +421,8 @@ def test_bone_and_soft_tissue_thresholds_differ_in_qpsma_split() -> None:
     bone_met = ((120.0, 180.0, 126.0), 9.0, 3.2)  # moderate bone lesion: SUVmax ~ 3.7
     soft = ((100.0, 60.0, 126.0), 9.0, 3.2)  # same uptake in soft tissue
     img = _suv(_with_lesions(arr, [bone_met, soft]))
-    fixed = find_lesions(img, anatomy=masks, config=LesionConfig(threshold_suv=3.0))
+    fixed = find_lesions(img, anatomy=masks,
+                         config=LesionConfig(threshold_suv=3.0, detect_suv=None))
     split = find_lesions(img, anatomy=masks, config=LesionConfig(method="qpsma-split"))
     liver = split.reference.liver
     assert liver.suv_mean is not None
@@ -569,7 +593,10 @@ def test_focus_hotter_than_the_excluded_organ_beside_it_is_not_its_spill() -> No
     kept = find_lesions(_suv(arr), anatomy=anatomy)
     assert kept.lesion_count == 1
     assert focus[np.asarray(kept.labels.array) == 1].any()
-    assert kept.lesions[0].equivocal_reason == "touches urinary_bladder"
+    assert kept.lesions[0].equivocal_reason is None  # SUVmax 15 > 2 x the bladder's urine
+    strict = find_lesions(_suv(arr), anatomy=anatomy,
+                          config=LesionConfig(equivocal_hotter_ratio=None))
+    assert strict.lesions[0].equivocal_reason == "touches urinary_bladder"
     removed = find_lesions(_suv(arr), anatomy=anatomy, config=LesionConfig(spill_hotter_ratio=1e9))
     assert removed.lesion_count == 0
 
@@ -630,3 +657,30 @@ def test_recurrence_against_a_bladder_whose_mask_falls_short_of_it_is_kept(
     assert les.suv_max > 12.0
     assert les.volume_ml > 1.5
     assert les.equivocal_reason == "touches urinary_bladder"
+
+
+def test_a_soft_tissue_focus_must_peak_at_the_detection_level_but_bone_keeps_its_own() -> None:
+    """Hysteresis: a soft-tissue focus peaking at SUV 3.5 is not a lesion (SUV 4 detects), a
+    node peaking at 6 is and keeps its SUV-3 extent; a bone focus at 3.5 keeps bone's SUV 3."""
+    shape = (30, 50, 50)
+    _, j, i = _grid(shape)
+    bone = (np.abs(j - 150.0) <= 20.0) & (np.abs(i - 150.0) <= 20.0)
+    act = np.where(bone, 0.8, 0.4)
+    peaks: dict[str, NDArray[np.bool_]] = {}
+    for name, centre, value in (("faint", (45.0, 60.0, 60.0), 3.5),
+                                ("node", (45.0, 60.0, 140.0), 6.0),
+                                ("bone", (45.0, 150.0, 150.0), 3.5)):
+        ball = _ball(shape, centre, 5.0)
+        act[ball] = value
+        peaks[name] = ball
+    arr = _blur(act, 4.0)
+    anatomy = {A.BODY: np.ones(shape, dtype=bool), A.BONE: bone}
+    found = find_lesions(_suv(arr), anatomy=anatomy)
+    every = find_lesions(_suv(arr), anatomy=anatomy, config=LesionConfig(detect_suv=None))
+    lab, lab_all = np.asarray(found.labels.array), np.asarray(every.labels.array)
+    assert {name: bool(lab[m].any()) for name, m in peaks.items()} == {
+        "faint": False, "node": True, "bone": True}
+    assert all(lab_all[m].any() for m in peaks.values())
+    node = lab[peaks["node"]].max()
+    assert np.array_equal(lab == node, lab_all == lab_all[peaks["node"]].max())
+    assert found.thresholds["detect_suv"] == 4.0

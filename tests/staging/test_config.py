@@ -199,3 +199,14 @@ def test_every_suv_and_staging_key_is_documented() -> None:
     missing = [f"{section}.{f.name}" for section in ("suv", "staging")
                for f in fields(SECTIONS[section]) if f"`{f.name}`" not in doc]
     assert not missing, f"docs/configuration.md does not document {missing}"
+
+
+def test_a_setting_switched_off_is_saved_as_none_and_reads_back(tmp_path: Path) -> None:
+    config = load_config(lesion={"detect_suv": "none", "min_contrast_noise": None})
+    assert config.lesion.detect_suv is None
+    assert config.lesion.min_contrast_noise is None
+    saved = tmp_path / "resolved.toml"
+    saved.write_text(config.to_toml())
+    assert 'detect_suv = "none"' in saved.read_text()
+    assert load_config(saved) == config
+    assert "isocontour_fraction" not in saved.read_text()  # None is its default: left out
