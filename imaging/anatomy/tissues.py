@@ -474,6 +474,12 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
     # and again after it, so neither closing nor marrow fill bridges them back
     lumina = contrast_lumina(hu, bone, spacing_mm, config=config)
     bone &= ~lumina
+    # the size floor is judged on the pieces before the half-maximum edge: on a coarse CT (an
+    # autoPET-style CT on the PET grid) the edge cuts a thin rib into pieces of well under
+    # bone_min_ml that were one bone with the rest of the rib
+    whole, wn = cc3d.connected_components(bone, connectivity=26, return_N=True)
+    whole_ml = np.bincount(whole.ravel(), minlength=wn + 1) * voxel_ml
+    whole_ml[0] = 0.0
     if config.bone_edge_fraction > 0.0:
         bone = _half_max_edge(bone, hu, config)
     c = _odd(config.bone_closing_mm / spacing_mm)
@@ -504,7 +510,11 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
         # pieces cut by the first or last slice of the scan are judged as if whole
         cut = np.zeros(bn + 1, dtype=bool)
         cut[np.unique(blab[[0, -1]])] = True
-        good = ((bsz * voxel_ml >= config.bone_min_ml) | cut) & (
+        # a piece's size is that of the largest pre-edge piece it overlaps
+        big = np.zeros(bn + 1)
+        inside = (blab > 0) & (whole > 0)
+        np.maximum.at(big, blab[inside], whole_ml[whole[inside]])
+        good = ((np.maximum(bsz * voxel_ml, big) >= config.bone_min_ml) | cut) & (
             peaked)
         good[0] = False
         if np.any(~good[1:] & ~peaked[1:]
