@@ -511,9 +511,9 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
         cut = np.zeros(bn + 1, dtype=bool)
         cut[np.unique(blab[[0, -1]])] = True
         # a piece's size is that of the largest pre-edge piece it overlaps
-        big = np.zeros(bn + 1)
-        inside = (blab > 0) & (whole > 0)
-        np.maximum.at(big, blab[inside], whole_ml[whole[inside]])
+        sel = blab > 0
+        big = np.r_[0.0, ndi.maximum(whole_ml[whole[sel]], labels=blab[sel],
+                                     index=np.arange(1, bn + 1))]
         good = ((np.maximum(bsz * voxel_ml, big) >= config.bone_min_ml) | cut) & (
             peaked)
         good[0] = False

@@ -181,6 +181,14 @@ class Zones:
             self._boxes[key] = mask_bbox(self._masks[key])
         return self._boxes[key]
 
+    def values(self, key: object, image: NDArray[Any]) -> NDArray[Any] | None:
+        """``image`` inside the mask (read on its bounding box), or ``None`` if absent."""
+        mask = self._masks.get(key)
+        box = self.bbox(key) if mask is not None else None
+        if mask is None or box is None:
+            return None
+        return np.asarray(image[box])[np.asarray(mask[box])]
+
     def _grown(self, key: object, radius_mm: float
                ) -> tuple[NDArray[np.intp], NDArray[np.bool_]] | None:
         cache_key = (key, round(radius_mm, 6))

@@ -606,11 +606,8 @@ def find_lesions(
         if m is None:
             notes.append(f"no {organ.value} mask: no organ-adaptive threshold there")
             continue
-        box = zones.bbox(organ)
-        if box is None:
-            continue
-        organ_vals = np.asarray(arr[box])[np.asarray(m[box])]
-        if organ_vals.size < 2:
+        organ_vals = zones.values(organ, arr)
+        if organ_vals is None or organ_vals.size < 2:
             continue
         centre, spread = _robust_centre_spread(organ_vals)
         k = config.adaptive_sd_factor
@@ -716,9 +713,7 @@ def find_lesions(
         return LesionResult(suv.with_array(labels, unit="label"), (), reference, thresholds,
                             config, mask_names, tuple(notes))
     vals = arr.reshape(-1)[fg]
-    order = np.lexsort((fg, -vals, lab))
-    starts = np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]
-    first = order[starts]
+    first = _hottest(fg, lab, vals)
     rank = np.lexsort((fg[first], -vals[first]))
     lut = np.zeros(n + 1, dtype=np.intp)
     lut[lab[first[rank]]] = np.arange(1, n + 1)
@@ -878,6 +873,13 @@ def _drop_small(
     return _keep_components(fg, lab, n, counts * voxel_ml >= min_ml * (1 - 1e-9))
 
 
+def _hottest(fg: NDArray[np.intp], lab: NDArray[np.intp], vals: NDArray[np.floating]
+             ) -> NDArray[np.intp]:
+    """Index (into ``fg``) of each component's hottest voxel, in label order (ties: raster)."""
+    order = np.lexsort((fg, -vals, lab))
+    return order[np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]]
+
+
 def _drop_faint(
     arr: NDArray[np.floating], fg: NDArray[np.intp], lab: NDArray[np.intp], n: int,
     bone: NDArray[np.bool_] | None, detect_suv: float,
@@ -887,8 +889,7 @@ def _drop_faint(
     A component whose hottest voxel lies in ``bone`` is kept (the bone threshold applies).
     """
     vals = arr.reshape(-1)[fg]
-    order = np.lexsort((-vals, lab))  # per label, hottest voxel first
-    first = order[np.r_[0, np.flatnonzero(np.diff(lab[order])) + 1]]
+    first = _hottest(fg, lab, vals)
     ok = np.zeros(n + 1, dtype=bool)
     ok[lab[first]] = vals[first] >= detect_suv
     if bone is not None:
@@ -1124,12 +1125,8 @@ def _model_spill(
     reach = 12.0 if config.psf_fwhm_mm is None else 2.0 * config.psf_fwhm_mm
     hot: list[AnatomyLabel] = []
     for organ in organs:
-        box = zones.bbox(organ)
-        mask = zones.mask(organ)
-        if box is None or mask is None:
-            continue
-        vals = np.asarray(arr[box])[np.asarray(mask[box])]
-        if vals.size and float(np.percentile(vals, 90)) >= threshold:
+        vals = zones.values(organ, arr)
+        if vals is not None and vals.size and float(np.percentile(vals, 90)) >= threshold:
             hot.append(organ)
     if not hot:
         return
@@ -1330,9 +1327,9 @@ def _equivocal_reasons(
         if organ in touched:  # was joined to the organ's spill before that was removed
             near |= np.isin(fg, touched[organ])
         hit = np.bincount(lab[near], minlength=n + 1)[1:] > 0
-        level = _urine_level(suv, zones, organ)
-        if config.equivocal_hotter_ratio is not None and level is not None:
-            hit &= meas.suv_max <= config.equivocal_hotter_ratio * level
+        urine = zones.values(organ, suv.array)  # its urine activity: 99th percentile
+        if config.equivocal_hotter_ratio is not None and urine is not None and urine.size:
+            hit &= meas.suv_max <= config.equivocal_hotter_ratio * float(np.percentile(urine, 99))
         for i in np.flatnonzero(hit):
             reasons[i].append(f"touches {organ.value}")
     bone = zones.mask(AnatomyLabel.BONE)
@@ -1362,16 +1359,6 @@ def _equivocal_reasons(
                         f"< {config.ganglion_max_volume_ml:g} mL, "
                         f"<= {config.ganglion_bone_distance_mm:g} mm from bone)")
     return ["; ".join(r) if r else None for r in reasons]
-
-
-def _urine_level(suv: Volume, zones: Zones, organ: AnatomyLabel) -> float | None:
-    """The urine activity of the bladder or a ureter: the 99th percentile of SUV in its mask."""
-    box = zones.bbox(organ)
-    mask = zones.mask(organ)
-    if box is None or mask is None:
-        return None
-    vals = np.asarray(suv.array[box])[np.asarray(mask[box])]
-    return float(np.percentile(vals, 99)) if vals.size else None
 
 
 def _triple(row: NDArray[np.float64]) -> tuple[float, float, float]:
