@@ -242,6 +242,8 @@ def test_invalid_settings_raise_config_error() -> None:
         LesionConfig(exclude=("kidneys", "pancreas"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="equivocal_hotter_ratio must be positive"):
         LesionConfig(equivocal_hotter_ratio=0.0)
+    with pytest.raises(ConfigError, match="detect_suv must be zero or positive"):
+        LesionConfig(detect_suv=-1.0)
     with pytest.raises(ConfigError, match="valid presets"):
         LesionConfig.preset("suv9")
     for flag in ("organ_fringe_drop", "spill_drop", "spill_correction"):

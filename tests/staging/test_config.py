@@ -210,3 +210,8 @@ def test_a_setting_switched_off_is_saved_as_none_and_reads_back(tmp_path: Path) 
     assert 'detect_suv = "none"' in saved.read_text()
     assert load_config(saved) == config
     assert "isocontour_fraction" not in saved.read_text()  # None is its default: left out
+
+
+def test_none_for_a_setting_that_cannot_be_off_is_rejected_with_its_name() -> None:
+    with pytest.raises(ConfigError, match="min_volume_ml"):
+        load_config(lesion={"min_volume_ml": "none"})
