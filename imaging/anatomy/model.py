@@ -168,6 +168,7 @@ class AnatomyConfig:
     bowel_hu: tuple[float, float] = (-150.0, 200.0)
     bowel_min_ml: float = 10.0
     bowel_min_tubularity: float = 2.0
+    bowel_fat_loop_hu: float | None = -50.0
     bowel_peak_ratio: float | None = 2.0
     bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
@@ -288,6 +289,11 @@ class AnatomyConfig:
             raise ConfigError(f"anatomy.fine_bone_edge_fraction is a share of the way from soft "
                               f"tissue to the local peak, in (0, 1) (0.5: the half maximum); got "
                               f"{self.fine_bone_edge_fraction!r}.")
+        if self.bowel_fat_loop_hu is not None and not (
+                isinstance(self.bowel_fat_loop_hu, int | float)
+                and math.isfinite(self.bowel_fat_loop_hu)):
+            raise ConfigError(f"anatomy.bowel_fat_loop_hu must be a finite HU value or none, got "
+                              f"{self.bowel_fat_loop_hu!r}.")
         if not (isinstance(self.fine_marrow_min_hu, int | float)
                 and math.isfinite(self.fine_marrow_min_hu)):
             raise ConfigError(f"anatomy.fine_marrow_min_hu must be a finite HU value, got "

@@ -823,6 +823,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         loops[avid] = ok[lab[avid]]
     # foci much hotter than their loop stay out of the mask (a node against a loop)
     core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out, s, config)
+    if n:
+        core |= _nodules_in_fat(lab, n, ok & ~with_gas, avid, hu_c, s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -844,6 +846,33 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
                        + ("" if config.bowel_peak_ratio is None else
                           f"; foci above {config.bowel_peak_ratio:g} x their loop's plateau "
                           "left out"))
+
+
+def _nodules_in_fat(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
+                    avid: NDArray[np.bool_], hu_c: NDArray[np.float32], s: float,
+                    config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Soft-tissue nodules inside "loops" that are mostly fat (kept out of the bowel mask).
+
+    A loop's wall and content are soft tissue or fluid. An avid tube or shell whose median
+    smoothed CT is at most ``bowel_fat_loop_hu`` (fat) and that holds no gas is the
+    partial-volume halo of a hot organ (the bladder's, in the perivesical fat); a node inside it
+    shows on CT as a compact soft-tissue nodule (``bowel_wall_hu`` or denser; at most
+    ``bowel_core_max_ml``, not tubular or round by its principal axes, so vessels and ureters
+    crossing the halo stay in), and is left out with a one-voxel rim. Off when
+    ``bowel_fat_loop_hu`` is None.
+    """
+    if config.bowel_fat_loop_hu is None or n == 0:
+        return np.zeros(lab.shape, dtype=bool)
+    median = np.zeros(n + 1)
+    median[1:] = ndi.median(hu_c[avid], lab[avid], index=np.arange(1, n + 1))
+    fatty = loops & (median <= config.bowel_fat_loop_hu)
+    fatty[0] = False
+    if not fatty.any():
+        return np.zeros(lab.shape, dtype=bool)
+    soft = fatty[lab] & (hu_c >= config.bowel_wall_hu[0])
+    focal = _compact_parts(soft, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    focal |= _round_parts(soft, soft, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    return box_dilate(focal, 1)
 
 
 def _loop_plateau(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],

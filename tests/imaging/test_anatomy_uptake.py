@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 from fixtures.phantom import ORGAN_LABELS, generate_patient
 from fixtures.phantom.lesions import LesionSpec
 from imaging.anatomy import AnatomyConfig, label_anatomy
+from imaging.errors import ConfigError
 from imaging.vocabulary import AnatomyLabel
 
 A = AnatomyLabel
@@ -402,6 +403,41 @@ def test_a_nodes_round_hot_core_in_a_loop_is_focal_only_when_it_stands_well_abov
     assert round_[node].all()
     assert not round_[bump].any()
     assert not round_[stretch].any()
+
+
+def test_a_soft_tissue_nodule_in_a_fatty_halo_loop_is_carved_out_a_ureter_crossing_it_is_not(
+) -> None:
+    import cc3d
+
+    from imaging.anatomy.organs import _nodules_in_fat
+
+    # 3 mm grid: a shell of SUV >= 1.8 in fat (-90 HU), the partial-volume halo of a hot organ,
+    # which passes the loop test by shape; inside it a round soft-tissue node (40 HU, radius
+    # 9 mm) and a thin soft-tissue tube along z (a ureter crossing the halo, radius 3 mm)
+    zz, yy, xx = np.mgrid[:40, :40, :40].astype(np.float32)
+    d = np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2)
+    avid = (d >= 8) & (d <= 12)
+    hu = np.full(avid.shape, -90.0, dtype=np.float32)
+    node = np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 30) ** 2) <= 3.0
+    tube = (np.hypot(yy - 20, xx - 10) <= 1.0) & (zz >= 4) & (zz < 36)
+    hu[node | tube] = 40.0
+    avid |= node
+    lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
+    loops = np.zeros(n + 1, dtype=bool)
+    loops[lab[20, 20, 30]] = True
+    cfg = AnatomyConfig()
+    carved = _nodules_in_fat(lab, n, loops, avid, hu, 3.0, cfg)
+    assert carved[node].all()
+    assert not carved[tube & avid].any()
+    assert not carved[20, 20, 9]  # the halo itself is not carved
+    # a loop of soft-tissue density (a real loop) keeps its nodules: the loop-core rules judge it
+    dense = np.where(avid, 20.0, hu).astype(np.float32)
+    dense[node] = 40.0
+    assert not _nodules_in_fat(lab, n, loops, avid, dense, 3.0, cfg).any()
+    assert not _nodules_in_fat(lab, n, loops, avid, hu, 3.0,
+                               AnatomyConfig(bowel_fat_loop_hu=None)).any()
+    with pytest.raises(ConfigError, match="bowel_fat_loop_hu"):
+        AnatomyConfig(bowel_fat_loop_hu=float("nan"))
 
 
 @pytest.mark.slow
