@@ -170,7 +170,7 @@ class AnatomyConfig:
     bowel_min_tubularity: float = 2.0
     bowel_fat_loop_hu: float | None = -50.0
     bowel_peak_ratio: float | None = 2.0
-    bowel_band_peak_ratio: float | None = None
+    bowel_band_peak_ratio: float | None = 2.0
     bowel_band_rim: int = 2
     bowel_fragment_ml: float = 1.5
     bowel_fragment_ratio: float | None = 1.2
@@ -208,6 +208,8 @@ class AnatomyConfig:
     ureter_path_mm: float = 6.0
     ureter_course_max_ml: float = 2.0
     ureter_course_floor_suv: float = 0.05
+    ureter_side_node_saddle: float | None = 0.5
+    ureter_side_node_max_ml: float = 2.0
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
     gallbladder_hu: tuple[float, float] = (-20.0, 22.0)
     gallbladder_reach_mm: float = 20.0
@@ -270,9 +272,9 @@ class AnatomyConfig:
                     "fine_marrow_bridge_mm", "fine_marrow_window_mm",
                     "ureter_course_floor_suv", "ureter_course_max_ml",
                     "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml",
-                    "ureter_peak_midline_mm")
+                    "ureter_peak_midline_mm", "ureter_side_node_max_ml")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
-                             "bowel_round_core_ratio")
+                             "bowel_round_core_ratio", "ureter_side_node_saddle")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:

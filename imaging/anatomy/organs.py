@@ -1029,7 +1029,9 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
         return OrganResult(None, 0.0, f"no elongated SUV >= {config.ureter_suv:g} track "
                            f"(>= {config.ureter_min_length_mm:g} mm, length / width >= "
                            f"{config.ureter_min_elongation:g}) between kidneys and bladder")
-    mask = box_dilate(ok[lab] | on_path, 1) & t.body[zsl] & ~excl
+    taken = ok[lab] | on_path
+    nodes = _side_nodes(taken, pet[zsl], s, config)
+    mask = box_dilate(taken & ~nodes, 1) & t.body[zsl] & ~excl & ~nodes
     return OrganResult(_uncrop(mask, zsl, t.body.shape), 0.5,
                        f"elongated SUV >= {config.ureter_suv:g} tracks (>= "
                        f"{config.ureter_min_length_mm:g} mm, length / width >= "
@@ -1040,6 +1042,63 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                        + (f"or lie within {config.ureter_path_mm:g} mm of the cheapest "
                           "kidney-to-bladder path on PET " if config.ureter_course else "")
                        + "(equivocal, domain.md 3.1)")
+
+
+def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,
+                config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Nodes hanging off the side of a ureter track: compact hot parts with a deep saddle.
+
+    A node beside the ureter joins its hot component when their halos touch. Around a maximum
+    of SUV ``P`` in the track, the voxels above ``ureter_side_node_saddle x P`` connected to it
+    form a part; it is a node when it is small (at most ``ureter_side_node_max_ml``) and round
+    (length < 2 x width by principal axes) and the track goes on past it: what is left of the
+    component without the part (and a one-voxel rim) is still one piece (bar small tails, 10 %)
+    that runs above and below it. A bolus inside the ureter cuts the track in two when taken away, and a bolus at
+    the track's end leaves the track on one side only. Off when the saddle ratio is None.
+    """
+    out = np.zeros(taken.shape, dtype=bool)
+    f = config.ureter_side_node_saddle
+    if f is None or not taken.any():
+        return out
+    lab = cc3d.connected_components(taken, connectivity=26)
+    vals = np.where(taken, pet, -np.inf).astype(np.float32)
+    peaks = taken & (vals >= ndi.maximum_filter(vals, size=3, mode="nearest")) & (
+        pet >= config.ureter_suv)
+    pts = np.argwhere(peaks)
+    pts = pts[np.argsort(-pet[tuple(pts.T)], kind="stable")]
+    boxes = ndi.find_objects(lab)
+    max_vox = config.ureter_side_node_max_ml * 1000.0 / s**3
+    for k, j, i in pts:
+        if out[k, j, i]:
+            continue
+        c = int(lab[k, j, i])
+        box = boxes[c - 1]
+        assert box is not None
+        comp = lab[box] == c
+        loc = (k - box[0].start, j - box[1].start, i - box[2].start)
+        high = comp & (pet[box] > f * pet[k, j, i])
+        hl = cc3d.connected_components(high, connectivity=26)
+        part = hl == hl[loc]
+        size = int(part.sum())
+        if size > max_vox or size * 4 > int(comp.sum()):
+            continue
+        if size >= 3:
+            _, _, length, width = _principal_axes(part.astype(np.int32), 1, s)
+            if length[1] >= 2.0 * width[1]:
+                continue
+        rest = comp & ~box_dilate(part, 1)
+        pieces = cc3d.connected_components(rest, connectivity=26)
+        counts = np.bincount(pieces.ravel())
+        counts[0] = 0
+        main = int(np.argmax(counts))
+        if main == 0 or counts[main] < 0.9 * counts.sum():
+            continue  # the track falls apart without it (small tails of the part aside)
+        zr = np.flatnonzero(part.any(axis=(1, 2)))
+        rz = np.flatnonzero((pieces == main).any(axis=(1, 2)))
+        if rz.min() >= zr.min() or rz.max() <= zr.max():
+            continue
+        out[box] |= part
+    return out
 
 
 def _component_peaks(lab: NDArray[Any], pet: NDArray[np.float32], within: NDArray[np.bool_]

@@ -440,6 +440,35 @@ def test_a_soft_tissue_nodule_in_a_fatty_halo_loop_is_carved_out_a_ureter_crossi
         AnatomyConfig(bowel_fat_loop_hu=float("nan"))
 
 
+def test_a_node_hanging_off_a_ureter_track_is_carved_out_its_boluses_are_not() -> None:
+    from imaging.anatomy.organs import _side_nodes
+
+    # 3 mm grid: a ureter along z (SUV 5, a bolus of SUV 12 on it, a hot end of SUV 12 at its
+    # top) and a round node of SUV 10 five voxels beside it, joined by a faint bridge (SUV 3)
+    zz, yy, xx = np.mgrid[:60, :30, :30].astype(np.float32)
+    pet = np.full(zz.shape, 0.5, dtype=np.float32)
+    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 55)
+    pet[tube] = 5.0
+    bolus = tube & (np.abs(zz - 15) <= 1)
+    end = tube & (zz >= 52)
+    pet[bolus | end] = 12.0
+    node = np.sqrt((zz - 35) ** 2 + (yy - 15) ** 2 + (xx - 17) ** 2) <= 1.5
+    pet[node] = 10.0
+    bridge = (zz == 35) & (yy == 15) & (xx > 10) & (xx < 16)
+    pet[bridge] = 3.0
+    taken = tube | node | bridge
+    cfg = AnatomyConfig()
+    out = _side_nodes(taken, pet, 3.0, cfg)
+    assert out[node].all()
+    assert not out[tube].any()  # neither the bolus on the track nor its hot end
+    assert not out[bridge & (xx <= 12)].any()
+    # the node joined by a bridge as hot as itself is part of the track's shape: kept
+    pet[bridge] = 9.0
+    assert not _side_nodes(taken, pet, 3.0, cfg)[node].any()
+    pet[bridge] = 3.0
+    assert not _side_nodes(taken, pet, 3.0, AnatomyConfig(ureter_side_node_saddle=None)).any()
+
+
 @pytest.mark.slow
 def test_a_liver_metastasis_hotter_than_the_kidneys_stays_in_the_liver() -> None:
     """The liver's growth stops at uptake as hot as a kidney's; a metastasis of SUV 40 inside
