@@ -801,6 +801,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         gas[labelled] = big_gas[glab[labelled]]
     lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
     loops = np.zeros_like(avid)
+    kidney_zone = np.zeros_like(avid)
     ok = np.zeros(n + 1, dtype=bool)
     if n:
         count = np.bincount(lab[avid], minlength=n + 1).astype(np.float64)
@@ -816,13 +817,16 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         near_kidney = np.zeros(n + 1, dtype=bool)
         if kidneys is not None and kidneys.any():
             reach_k = max(1, round(config.bowel_fragment_kidney_mm / s))
-            near_kidney[np.unique(lab[box_dilate(kidneys[zsl], reach_k) & avid])] = True
+            kidney_zone = box_dilate(kidneys[zsl], reach_k)
+            near_kidney[np.unique(lab[kidney_zone & avid])] = True
         ok |= _loop_pieces(avid, lab, n, ok, pet_c, voxel_ml, config) & ~near_kidney & (
             np.bincount(lab[avid & keep_out], minlength=n + 1) < 0.5 * count)
         loops = np.zeros_like(avid)
         loops[avid] = ok[lab[avid]]
     # foci much hotter than their loop stay out of the mask (a node against a loop)
-    core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out, s, config)
+    # the nodal-band focus rule stays bowel_fragment_kidney_mm away from the kidneys: a focus
+    # in the band beside a kidney is as likely its renal pelvis or upper ureter under a loop
+    core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out & ~kidney_zone, s, config)
     if n:
         core |= _nodules_in_fat(lab, n, ok & ~with_gas, avid, hu_c, s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
@@ -1053,8 +1057,9 @@ def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,
     form a part; it is a node when it is small (at most ``ureter_side_node_max_ml``) and round
     (length < 2 x width by principal axes) and the track goes on past it: what is left of the
     component without the part (and a one-voxel rim) is still one piece (bar small tails, 10 %)
-    that runs above and below it. A bolus inside the ureter cuts the track in two when taken away, and a bolus at
-    the track's end leaves the track on one side only. Off when the saddle ratio is None.
+    that runs above and below it. A bolus inside the ureter cuts the track in two when taken
+    away, and a bolus at the track's end leaves the track on one side only. Off when the saddle
+    ratio is None.
     """
     out = np.zeros(taken.shape, dtype=bool)
     f = config.ureter_side_node_saddle

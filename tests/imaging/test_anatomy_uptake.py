@@ -223,6 +223,32 @@ def test_loop_cores_carve_a_hot_focus_not_the_loop_axis() -> None:
     assert not off.any()
 
 
+def test_in_the_nodal_band_a_focus_twice_its_loops_local_level_is_carved_out() -> None:
+    import cc3d
+
+    from imaging.anatomy.organs import _loop_cores
+
+    # one loop component: a cool colon (SUV 3) joined to a hot small-bowel stretch (SUV 9) that
+    # sets its plateau; a node of SUV 8 against the colon is below 2 x the plateau but above
+    # 2 x the colon's local level: carved out inside the nodal band only
+    zz, yy, xx = np.mgrid[:30, :30, :80].astype(np.float32)
+    r = np.hypot(zz - 15, yy - 15)
+    pet = np.where(r <= 2.5, np.where(xx < 40, 3.0, 9.0), 0.5).astype(np.float32)
+    node = np.sqrt((zz - 15) ** 2 + (yy - 18) ** 2 + (xx - 15) ** 2) <= 1.2
+    pet[node] = 8.0
+    avid = pet >= 1.8
+    lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
+    loops = np.zeros(n + 1, dtype=bool)
+    loops[lab[15, 15, 5]] = True
+    band = np.zeros(avid.shape, dtype=bool)
+    band[:, :, :30] = True
+    cfg = AnatomyConfig()
+    assert _loop_cores(lab, n, loops, pet, pet, band, 3.0, cfg)[15, 18, 15]
+    assert not _loop_cores(lab, n, loops, pet, pet, np.zeros_like(band), 3.0, cfg)[15, 18, 15]
+    assert not _loop_cores(lab, n, loops, pet, pet, band, 3.0,
+                           AnatomyConfig(bowel_band_peak_ratio=None))[15, 18, 15]
+
+
 def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
     import cc3d
 
