@@ -388,14 +388,16 @@ def _grow_organ(a: _Abdomen, seed: NDArray[np.bool_], ref: tuple[float, float],
     grown = _fill(grown) & ~keep_out[box] & a.body_soft[box]
     # organ edge: up to organ_rim_mm more (into lung, bone or fat) where the PET still shows
     # the organ's uptake, so its partial-volume spill gets the organ's threshold
-    out[box] = _pet_rim(grown, a.pet[box], lo * ref_suv, a.body[box] & ~blocked_b, rim)
+    out[box] = _pet_rim(grown, a.pet[box], lo * ref_suv, a.body[box] & ~blocked_b, rim,
+                        top=hi * ref_suv)
     return out
 
 
 def _pet_rim(mask: NDArray[np.bool_], pet: NDArray[np.float32], level: float,
-             allowed: NDArray[np.bool_], steps: int) -> NDArray[np.bool_]:
-    """Grow ``mask`` by up to ``steps`` voxels into ``allowed`` voxels with PET >= ``level``."""
-    ok = allowed & (pet >= level)
+             allowed: NDArray[np.bool_], steps: int, top: float = np.inf) -> NDArray[np.bool_]:
+    """Grow ``mask`` by up to ``steps`` voxels into ``allowed`` voxels with PET in
+    ``[level, top]`` (an organ's partial-volume spill is not hotter than the organ)."""
+    ok = allowed & (pet >= level) & (pet <= top)
     for _ in range(steps):
         mask = mask | (box_dilate(mask, 1) & ok)
     return mask

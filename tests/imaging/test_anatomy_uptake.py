@@ -249,6 +249,24 @@ def test_in_the_nodal_band_a_focus_twice_its_loops_local_level_is_carved_out() -
                            AnatomyConfig(bowel_band_peak_ratio=None))[15, 18, 15]
 
 
+def test_an_organs_pet_rim_takes_its_spill_not_a_hotter_focus_beside_it() -> None:
+    from imaging.anatomy.organs import _pet_rim
+
+    # a liver edge (SUV 5) whose partial-volume spill (SUV 3) lies beyond the CT mask, and a
+    # small-bowel hot spot (SUV 10) against the same edge: the rim takes the spill only
+    pet = np.full((10, 10, 20), 0.5, dtype=np.float32)
+    mask = np.zeros(pet.shape, dtype=bool)
+    mask[:, :, :8] = True
+    pet[mask] = 5.0
+    pet[:, :, 8:10] = 3.0
+    pet[4:6, 4:6, 8:11] = 10.0
+    allowed = np.ones(pet.shape, dtype=bool)
+    rim = _pet_rim(mask, pet, 2.5, allowed, 3, top=8.0)
+    assert rim[0, 0, 8:10].all()
+    assert not rim[4:6, 4:6, 8:11].any()
+    assert _pet_rim(mask, pet, 2.5, allowed, 3)[4:6, 4:6, 8:11].all()  # no cap: taken
+
+
 def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
     import cc3d
 
