@@ -1356,6 +1356,43 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
         np.minimum.at(bottom, member, z)
         chain = (np.bincount(member, minlength=k) >= 3) & (
             top - bottom >= config.ureter_min_length_mm)
-        out[ids[chain[member] & small[ids]]] = True
+        take = ids[chain[member] & small[ids]]
+        out[take[~_off_course(centre[take], config)]] = True
     out[0] = False
     return out
+
+
+def _off_course(c: NDArray[np.float64], config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Chain pieces (centres ``c``, mm, z y x) lying off the course their neighbours trace.
+
+    A bolus lies on the ureter between the pieces just above and below it; a node that a loose
+    chain link reached (up to ``ureter_chain_step_mm`` away in z) lies beside it. A piece whose
+    nearest neighbours above and below are at most ``ureter_chain_step_mm`` apart in z is off
+    the course when its in-plane distance from the straight line between them exceeds
+    ``ureter_course_mm`` + ``ureter_chain_slope`` x the smaller z gap. The worst piece is
+    dropped first and the rest judged again without it, so a node does not pull its neighbours
+    off the line.
+    """
+    off = np.zeros(len(c), dtype=bool)
+    while True:
+        worst, worst_ratio = -1, 1.0
+        alive = np.flatnonzero(~off)
+        for i in alive:
+            dz = c[alive, 0] - c[i, 0]
+            above, below = alive[dz > 0.5], alive[dz < -0.5]
+            if above.size == 0 or below.size == 0:
+                continue
+            a = above[np.argmin(c[above, 0])]
+            b = below[np.argmax(c[below, 0])]
+            if c[a, 0] - c[b, 0] > config.ureter_chain_step_mm:
+                continue  # too far apart to trace a line between
+            w = (c[i, 0] - c[b, 0]) / (c[a, 0] - c[b, 0])
+            line = c[b, 1:] + w * (c[a, 1:] - c[b, 1:])
+            gap = min(c[a, 0] - c[i, 0], c[i, 0] - c[b, 0])
+            tol = config.ureter_course_mm + config.ureter_chain_slope * gap
+            ratio = float(np.hypot(*(c[i, 1:] - line))) / tol
+            if ratio > worst_ratio:
+                worst, worst_ratio = int(i), ratio
+        if worst < 0:
+            return off
+        off[worst] = True

@@ -267,6 +267,23 @@ def test_an_organs_pet_rim_takes_its_spill_not_a_hotter_focus_beside_it() -> Non
     assert _pet_rim(mask, pet, 2.5, allowed, 3)[4:6, 4:6, 8:11].all()  # no cap: taken
 
 
+def test_a_chain_piece_off_the_line_of_its_neighbours_is_not_a_bolus() -> None:
+    from imaging.anatomy.organs import _off_course
+
+    cfg = AnatomyConfig()
+    # bolus pieces down a ureter drifting 2 mm per 10 mm in x (centres in mm, z y x), and a
+    # node 35 mm off that line between two of them (a loose chain link reached it)
+    course = [(z, 90.0, 280.0 + 0.2 * z) for z in (0.0, 15.0, 40.0, 60.0, 80.0, 110.0)]
+    node = (50.0, 66.0, 315.0)
+    c = np.array(course[:3] + [node] + course[3:])
+    off = _off_course(c, cfg)
+    assert off.tolist() == [False, False, False, True, False, False, False]
+    # without the node the course is all bolus; pieces too far apart in z are not judged
+    assert not _off_course(np.array(course), cfg).any()
+    far = np.array([(0.0, 90.0, 280.0), (195.0, 60.0, 320.0), (200.0, 90.0, 280.0)])
+    assert not _off_course(far, cfg).any()
+
+
 def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
     import cc3d
 
