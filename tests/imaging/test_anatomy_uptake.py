@@ -275,7 +275,7 @@ def test_a_chain_piece_off_the_line_of_its_neighbours_is_not_a_bolus() -> None:
     # node 35 mm off that line between two of them (a loose chain link reached it)
     course = [(z, 90.0, 280.0 + 0.2 * z) for z in (0.0, 15.0, 40.0, 60.0, 80.0, 110.0)]
     node = (50.0, 66.0, 315.0)
-    c = np.array(course[:3] + [node] + course[3:])
+    c = np.array([*course[:3], node, *course[3:]])
     off = _off_course(c, cfg)
     assert off.tolist() == [False, False, False, True, False, False, False]
     # without the node the course is all bolus; pieces too far apart in z are not judged
