@@ -170,7 +170,7 @@ class AnatomyConfig:
     bowel_min_tubularity: float = 2.0
     bowel_fat_loop_hu: float | None = -50.0
     bowel_peak_ratio: float | None = 2.0
-    bowel_band_peak_ratio: float | None = 2.0
+    bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
     bowel_fragment_ml: float = 1.5
     bowel_fragment_ratio: float | None = 1.2

@@ -223,7 +223,7 @@ def test_loop_cores_carve_a_hot_focus_not_the_loop_axis() -> None:
     assert not off.any()
 
 
-def test_in_the_nodal_band_a_focus_twice_its_loops_local_level_is_carved_out() -> None:
+def test_in_the_nodal_band_a_focus_twice_its_loops_local_level_can_be_carved_out() -> None:
     import cc3d
 
     from imaging.anatomy.organs import _loop_cores
@@ -242,11 +242,11 @@ def test_in_the_nodal_band_a_focus_twice_its_loops_local_level_is_carved_out() -
     loops[lab[15, 15, 5]] = True
     band = np.zeros(avid.shape, dtype=bool)
     band[:, :, :30] = True
-    cfg = AnatomyConfig()
+    cfg = AnatomyConfig(bowel_band_peak_ratio=2.0)
     assert _loop_cores(lab, n, loops, pet, pet, band, 3.0, cfg)[15, 18, 15]
     assert not _loop_cores(lab, n, loops, pet, pet, np.zeros_like(band), 3.0, cfg)[15, 18, 15]
-    assert not _loop_cores(lab, n, loops, pet, pet, band, 3.0,
-                           AnatomyConfig(bowel_band_peak_ratio=None))[15, 18, 15]
+    # off by default: on a held-out cohort it carved a rectal focus out as a node
+    assert not _loop_cores(lab, n, loops, pet, pet, band, 3.0, AnatomyConfig())[15, 18, 15]
 
 
 def test_an_organs_pet_rim_takes_its_spill_not_a_hotter_focus_beside_it() -> None:
