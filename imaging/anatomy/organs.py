@@ -112,9 +112,8 @@ def _bladder(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Tissue
                 inside = pet_b[filled]
                 lo = config.bladder_rim_fraction * float(np.median(inside))
                 hi = float(np.percentile(inside, 99))
-                rim = _pet_rim(filled, np.where(pet_b <= hi, pet_b, -np.inf).astype(np.float32),
-                               lo, region_b, max(1, round(config.bladder_rim_mm
-                                                          / grid.spacing_mm)))
+                rim = _pet_rim(filled, pet_b, lo, region_b,
+                               max(1, round(config.bladder_rim_mm / grid.spacing_mm)), top=hi)
                 return OrganResult(full(rim), 0.85, f"PET SUV >= {config.bladder_suv:g} in "
                                    "the midline pelvis, refined by CT water density, with the "
                                    "urine-level partial-volume rim")
@@ -869,10 +868,12 @@ def _nodules_in_fat(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
     """
     if config.bowel_fat_loop_hu is None or n == 0:
         return np.zeros(lab.shape, dtype=bool)
-    median = np.zeros(n + 1)
-    median[1:] = ndi.median(hu_c[avid], lab[avid], index=np.arange(1, n + 1))
-    fatty = loops & (median <= config.bowel_fat_loop_hu)
-    fatty[0] = False
+    ids = np.flatnonzero(loops[1:]) + 1
+    if ids.size == 0:
+        return np.zeros(lab.shape, dtype=bool)
+    fatty = np.zeros(n + 1, dtype=bool)
+    fatty[ids] = np.asarray(ndi.median(hu_c[avid], lab[avid], index=ids)
+                            ) <= config.bowel_fat_loop_hu
     if not fatty.any():
         return np.zeros(lab.shape, dtype=bool)
     soft = fatty[lab] & (hu_c >= config.bowel_wall_hu[0])
@@ -1068,6 +1069,7 @@ def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,
     if f is None or not taken.any():
         return out
     lab = cc3d.connected_components(taken, connectivity=26)
+    comp_size = np.bincount(lab.ravel())
     vals = np.where(taken, pet, -np.inf).astype(np.float32)
     peaks = taken & (vals >= ndi.maximum_filter(vals, size=3, mode="nearest")) & (
         pet >= config.ureter_suv)
@@ -1087,7 +1089,7 @@ def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,
         hl = cc3d.connected_components(high, connectivity=26)
         part = hl == hl[loc]
         size = int(part.sum())
-        if size > max_vox or size * 4 > int(comp.sum()):
+        if size > max_vox or size * 4 > comp_size[c]:
             continue
         if size >= 3:
             _, _, length, width = _principal_axes(part.astype(np.int32), 1, s)
