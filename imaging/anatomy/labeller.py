@@ -23,7 +23,7 @@ from imaging.anatomy.landmarks import PelvisFrame, find_landmarks
 from imaging.anatomy.model import AnatomyConfig, AnatomyMap, LandmarkFinding, MaskInfo
 from imaging.anatomy.organs import OrganResult, find_organs
 from imaging.anatomy.providers import ProviderMasks, load_provider_masks
-from imaging.anatomy.regions import REGION_ORDER, fossa_box, nodal_regions
+from imaging.anatomy.regions import REGION_ORDER, fossa_box, nodal_regions, rectum_front
 from imaging.anatomy.tissues import bbox, segment_tissues
 from imaging.errors import AnatomyError
 from imaging.vocabulary import AnatomyLabel, Landmark, NodalRegion
@@ -153,7 +153,13 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
                                          f"{', '.join(provider.sources[label])}",
                                          _volume_ml(arr, voxel_ml))
     bladder = masks_w.get(AnatomyLabel.URINARY_BLADDER)
-    fossa, why = fossa_box(tissues, grid, frame, bladder, config=config)
+    front = None
+    if config.fossa_rectum_wall:
+        front, how_rectum = rectum_front(hu, tissues, grid, frame, bladder,
+                                         masks_w.get(AnatomyLabel.RECTUM), config=config)
+    fossa, why = fossa_box(tissues, grid, frame, bladder, config=config, rectum_front_mm=front)
+    if front is not None:
+        why += f" ({how_rectum})"
     if fossa is not None and fossa.any():
         masks_w[AnatomyLabel.PROSTATE_FOSSA] = fossa
         info[AnatomyLabel.PROSTATE_FOSSA.value] = MaskInfo("rule", 0.7, why,

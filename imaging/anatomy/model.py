@@ -169,6 +169,7 @@ class AnatomyConfig:
     bowel_min_ml: float = 10.0
     bowel_min_tubularity: float = 2.0
     bowel_fat_loop_hu: float | None = -50.0
+    bowel_fat_loop_band: bool = True
     bowel_peak_ratio: float | None = 2.0
     bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
@@ -178,7 +179,7 @@ class AnatomyConfig:
     bowel_focus_max_mm: float = 15.0
     bowel_core_max_ml: float = 12.0
     bowel_round_core_ratio: float | None = 3.0
-    bowel_round_core_max_ml: float = 2.0
+    bowel_round_core_max_ml: float = 5.0
     bowel_gas_hu: float = -400.0
     bowel_gas_min_ml: float = 0.3
     bowel_gas_reach_mm: float = 12.0
@@ -210,6 +211,7 @@ class AnatomyConfig:
     ureter_course_floor_suv: float = 0.05
     ureter_side_node_saddle: float | None = 0.5
     ureter_side_node_max_ml: float = 2.0
+    ureter_urine_ratio: float | None = 2.0
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
     gallbladder_hu: tuple[float, float] = (-20.0, 22.0)
     gallbladder_reach_mm: float = 20.0
@@ -218,6 +220,10 @@ class AnatomyConfig:
     fossa_below_symphysis_mm: float = 10.0
     fossa_above_symphysis_mm: float = 40.0
     fossa_rectum_allowance_mm: float = 30.0
+    fossa_rectum_wall: bool = True
+    rectum_midline_mm: float = 10.0
+    rectum_search_mm: float = 70.0
+    rectum_max_width_mm: float = 55.0
     fossa_bladder_wall_mm: float = 15.0
     fossa_obturator_internus_mm: float = 15.0
     # nodal regions (domain.md 3.4)
@@ -226,6 +232,7 @@ class AnatomyConfig:
     presacral_depth_mm: float = 20.0
     retroperitoneal_half_width_mm: float = 80.0
     inguinal_top_rel_femoral_head_mm: float = -30.0
+    pelvic_floor_regions: bool = True
     inguinal_depth_mm: float = 200.0
     inguinal_anterior_mm: float = 0.0
     inguinal_min_lateral_mm: float = 40.0
@@ -274,7 +281,8 @@ class AnatomyConfig:
                     "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml",
                     "ureter_peak_midline_mm", "ureter_side_node_max_ml")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
-                             "bowel_round_core_ratio", "ureter_side_node_saddle")
+                             "bowel_round_core_ratio", "ureter_side_node_saddle",
+                             "ureter_urine_ratio")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:

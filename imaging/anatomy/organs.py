@@ -829,7 +829,12 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     # in the band beside a kidney is as likely its renal pelvis or upper ureter under a loop
     core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out & ~kidney_zone, s, config)
     if n:
-        core |= _nodules_in_fat(lab, n, ok & ~with_gas, avid, hu_c, s, config)
+        fatty = _fatty_loops(lab, n, ok & ~with_gas, avid, hu_c, config)
+        core |= _nodules_in_fat(lab, fatty, hu_c, s, config)
+        if config.bowel_fat_loop_band:
+            # a fatty halo is no bowel: where it reaches into the nodal stations (the pelvic
+            # side walls, the para-aortic band) a node is as likely as the halo
+            core |= fatty[lab] & keep_out
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -853,27 +858,35 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
                           "left out"))
 
 
-def _nodules_in_fat(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
-                    avid: NDArray[np.bool_], hu_c: NDArray[np.float32], s: float,
-                    config: AnatomyConfig) -> NDArray[np.bool_]:
-    """Soft-tissue nodules inside "loops" that are mostly fat (kept out of the bowel mask).
+def _fatty_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
+                 avid: NDArray[np.bool_], hu_c: NDArray[np.float32],
+                 config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Per component: a "loop" (of ``loops``) whose median smoothed CT is fat.
 
     A loop's wall and content are soft tissue or fluid. An avid tube or shell whose median
-    smoothed CT is at most ``bowel_fat_loop_hu`` (fat) and that holds no gas is the
-    partial-volume halo of a hot organ (the bladder's, in the perivesical fat); a node inside it
-    shows on CT as a compact soft-tissue nodule (``bowel_wall_hu`` or denser; at most
-    ``bowel_core_max_ml``, not tubular or round by its principal axes, so vessels and ureters
-    crossing the halo stay in), and is left out with a one-voxel rim. Off when
-    ``bowel_fat_loop_hu`` is None.
+    smoothed CT is at most ``bowel_fat_loop_hu`` and that holds no gas (the caller passes the
+    gas-free loops) is the partial-volume halo of a hot organ (the bladder's, in the
+    perivesical fat). None when ``bowel_fat_loop_hu`` is None.
     """
-    if config.bowel_fat_loop_hu is None or n == 0:
-        return np.zeros(lab.shape, dtype=bool)
-    ids = np.flatnonzero(loops[1:]) + 1
-    if ids.size == 0:
-        return np.zeros(lab.shape, dtype=bool)
     fatty = np.zeros(n + 1, dtype=bool)
-    fatty[ids] = np.asarray(ndi.median(hu_c[avid], lab[avid], index=ids)
-                            ) <= config.bowel_fat_loop_hu
+    if config.bowel_fat_loop_hu is None or n == 0:
+        return fatty
+    ids = np.flatnonzero(loops[1:]) + 1
+    if ids.size:
+        fatty[ids] = np.asarray(ndi.median(hu_c[avid], lab[avid], index=ids)
+                                ) <= config.bowel_fat_loop_hu
+    return fatty
+
+
+def _nodules_in_fat(lab: NDArray[Any], fatty: NDArray[np.bool_], hu_c: NDArray[np.float32],
+                    s: float, config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Soft-tissue nodules inside the fatty halo "loops" (kept out of the bowel mask).
+
+    A node inside a halo (:func:`_fatty_loops`) shows on CT as a compact soft-tissue nodule
+    (``bowel_wall_hu`` or denser; at most ``bowel_core_max_ml``, not tubular or round by its
+    principal axes, so vessels and ureters crossing the halo stay in), and is left out with a
+    one-voxel rim.
+    """
     if not fatty.any():
         return np.zeros(lab.shape, dtype=bool)
     soft = fatty[lab] & (hu_c >= config.bowel_wall_hu[0])
@@ -1038,6 +1051,8 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                            f"{config.ureter_min_elongation:g}) between kidneys and bladder")
     taken = ok[lab] | on_path
     nodes = _side_nodes(taken, pet[zsl], s, config)
+    nodes |= _above_urine(taken, pet[zsl], pet[bladder] if bladder is not None else None, s,
+                          config)
     mask = box_dilate(taken & ~nodes, 1) & t.body[zsl] & ~excl & ~nodes
     return OrganResult(_uncrop(mask, zsl, t.body.shape), 0.5,
                        f"elongated SUV >= {config.ureter_suv:g} tracks (>= "
@@ -1108,6 +1123,55 @@ def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,
             continue
         out[box] |= part
     return out
+
+
+def _above_urine(taken: NDArray[np.bool_], pet: NDArray[np.float32],
+                 urine: NDArray[np.float32] | None, s: float,
+                 config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Focal parts of the ureter tracks hotter than urine can be (nodes on the ureter's course).
+
+    Urine in a ureter is the urine that fills the bladder: a bolus can be more concentrated
+    than the bladder's pooled urine, but not many times so. A part of the tracks whose hottest
+    voxel exceeds ``ureter_urine_ratio`` x the bladder's urine level (the median SUV of the
+    bladder mask) is tissue: the voxels above ``ureter_side_node_saddle`` (0.5 when that is
+    None) x its peak connected to it, when they are focal (at most ``ureter_side_node_max_ml``
+    and round: length < 2 x width by principal axes; a hot stretch of bowel crossing the course
+    is long), are left out of the mask with the track voxels within two voxels of them. Tells
+    an [18F]PSMA-1007 node (SUV 18, bladder 6) on the kidney-to-bladder path from a bolus;
+    with a urine-excreted tracer (bladder 35-90) it does not apply. Off when the ratio is None
+    or no bladder was found.
+    """
+    out = np.zeros(taken.shape, dtype=bool)
+    f = config.ureter_urine_ratio
+    if f is None or urine is None or urine.size == 0 or not taken.any():
+        return out
+    level = f * float(np.median(urine))
+    hot = taken & (pet > level)
+    if not hot.any():
+        return out
+    saddle = config.ureter_side_node_saddle or 0.5
+    max_vox = config.ureter_side_node_max_ml * 1000.0 / s**3
+    cores = cc3d.connected_components(hot, connectivity=26)
+    for box, c in zip(ndi.find_objects(cores), range(1, int(cores.max()) + 1), strict=True):
+        if box is None:
+            continue
+        grown = tuple(slice(max(0, b.start - 8), b.stop + 8) for b in box)
+        core = cores[grown] == c
+        peak = float(pet[grown][core].max())
+        high = taken[grown] & (pet[grown] > saddle * peak)
+        lab = cc3d.connected_components(high, connectivity=26)
+        part = np.isin(lab, np.unique(lab[core]))
+        size = int(part.sum())
+        if size > max_vox:
+            continue
+        if size >= 3:
+            _, _, length, width = _principal_axes(part.astype(np.int32), 1, s)
+            if length[1] >= 2.0 * width[1]:
+                continue
+        out[grown] |= part
+    # with its fringe on the tracks (two voxels): an isolated node taken whole for a bolus
+    # would otherwise leave a ring of mask around itself
+    return box_dilate(out, 2) & taken if out.any() else out
 
 
 def _component_peaks(lab: NDArray[Any], pet: NDArray[np.float32], within: NDArray[np.bool_]

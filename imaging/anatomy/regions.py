@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import ndimage as ndi
 
 from imaging.anatomy.grid import WorkGrid
 from imaging.anatomy.landmarks import PelvisFrame
 from imaging.anatomy.model import AnatomyConfig
-from imaging.anatomy.tissues import Tissues, bbox, box_erode
+from imaging.anatomy.tissues import Tissues, bbox, box_dilate, box_erode
 from imaging.vocabulary import Landmark, NodalRegion
 
-__all__ = ["REGION_ORDER", "fossa_box", "nodal_regions"]
+__all__ = ["REGION_ORDER", "fossa_box", "nodal_regions", "rectum_front"]
 
 REGION_ORDER: tuple[NodalRegion, ...] = tuple(NodalRegion)
 """Index + 1 of each region in the working-grid region volume."""
@@ -34,9 +35,88 @@ def _per_slice(values: NDArray[np.float64] | None, n: int) -> NDArray[np.float64
     return values[pick]
 
 
+def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: PelvisFrame,
+                 bladder: NDArray[np.bool_] | None, rectum: NDArray[np.bool_] | None = None,
+                 *, config: AnatomyConfig) -> tuple[NDArray[np.float64], str]:
+    """Per slice, the y (mm) of the anterior rectal wall at the fossa's levels (NaN: not seen).
+
+    RTOG's posterior border of the prostate fossa is the anterior rectal wall. With a model
+    provider's rectum mask it is that mask's front near the midline. Otherwise, on each slice of
+    the fossa's z range the rectum is looked for on CT as what it is there: a round structure of
+    soft tissue, stool or gas (-30 to 200 HU, or <= -400 HU) lying in the mesorectal fat in front
+    of the sacrum / coccyx. The slice's candidates (body, not bone, not the bladder or the voxel
+    around it) are split into 2D components; the rectum is the most posterior one whose centre
+    lies within 30 mm of the midline and ``rectum_search_mm`` in front of the sacrum / coccyx,
+    whose extent is at most ``rectum_max_width_mm`` both ways (the pelvic-floor muscles run on
+    into the side walls, the bladder base and a prostate bed touching the rectum make one wider
+    piece, and that slice keeps the default border), and whose area is that of a tube at least
+    15 mm across. Its front is the anterior wall. Slices between two found ones take the
+    nearer's value; outside them, nothing.
+    """
+    n = grid.shape[0]
+    front = np.full(n, np.nan)
+    xs = grid.x_mm()
+    ys = grid.y_mm()
+    s = grid.spacing_mm
+    mid = np.abs(xs - frame.x_mid_mm) <= config.rectum_midline_mm
+    if rectum is not None and rectum.any():
+        rows = rectum[:, :, mid].any(axis=2)
+        has = rows.any(axis=1)
+        front[has] = ys[np.argmax(rows[has], axis=1)]
+        return front, "front of the provider's rectum mask near the midline"
+    back = _per_slice(frame.sacrum_front_y_mm, n)
+    sup = frame.landmarks[LM.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
+    inf = frame.landmarks[LM.PUBIC_SYMPHYSIS_INFERIOR].position_mm
+    if sup is None or inf is None or not np.isfinite(back).any():
+        return front, "no symphysis or sacrum to search between"
+    zs = grid.z_mm()
+    ks = np.flatnonzero((zs >= inf[2] - config.fossa_below_symphysis_mm)
+                        & (zs <= sup[2] + config.fossa_above_symphysis_mm))
+    if ks.size == 0:
+        return front, "the fossa's levels are not in the CT"
+    sl = slice(int(ks[0]), int(ks[-1]) + 1)
+    cand = (t.body[sl] & ~t.bone[sl] & ~t.lungs[sl]
+            & (((hu[sl] >= -30.0) & (hu[sl] <= 200.0)) | (hu[sl] <= -400.0)))
+    if bladder is not None:
+        cand &= ~box_dilate(bladder[sl], 1)
+    near_mid = np.abs(xs - frame.x_mid_mm) <= 30.0
+    max_px = config.rectum_max_width_mm / s
+    min_area = np.pi * (7.5 / s) ** 2
+    for off, k in enumerate(ks):
+        lab, n_c = ndi.label(cand[off], structure=np.ones((3, 3), dtype=bool))
+        if n_c == 0:
+            continue
+        best_y = -np.inf
+        for c, box in enumerate(ndi.find_objects(lab), start=1):
+            if box is None:
+                continue
+            if (box[0].stop - box[0].start > max_px) or (box[1].stop - box[1].start > max_px):
+                continue
+            jj, ii = np.nonzero(lab[box] == c)
+            if jj.size < min_area:
+                continue
+            cy = ys[box[0].start + round(float(jj.mean()))]
+            cx = box[1].start + round(float(ii.mean()))
+            if not near_mid[cx] or not (back[k] - config.rectum_search_mm <= cy <= back[k]):
+                continue
+            if cy > best_y:
+                best_y = cy
+                front[k] = ys[box[0].start + int(jj.min())]
+    found = np.flatnonzero(np.isfinite(front))
+    if found.size == 0:
+        return front, "no rectum seen between the fossa and the sacrum"
+    inside = slice(int(found[0]), int(found[-1]) + 1)
+    front[inside] = _per_slice(front[inside], inside.stop - inside.start)
+    return front, (f"rectum seen on CT on {found.size} slice(s) (a round soft-tissue, stool or "
+                   f"gas structure <= {config.rectum_max_width_mm:g} mm wide in the mesorectal "
+                   "fat in front of the sacrum)")
+
+
 def fossa_box(t: Tissues, grid: WorkGrid, frame: PelvisFrame,
               bladder: NDArray[np.bool_] | None, *,
-              config: AnatomyConfig) -> tuple[NDArray[np.bool_] | None, str]:
+              config: AnatomyConfig,
+              rectum_front_mm: NDArray[np.float64] | None = None
+              ) -> tuple[NDArray[np.bool_] | None, str]:
     """The RTOG-based prostate-fossa region, or None with the reason."""
     sup = frame.landmarks[LM.PUBIC_SYMPHYSIS_SUPERIOR].position_mm
     inf = frame.landmarks[LM.PUBIC_SYMPHYSIS_INFERIOR].position_mm
@@ -55,7 +135,13 @@ def fossa_box(t: Tissues, grid: WorkGrid, frame: PelvisFrame,
     finite = np.isfinite(back)
     if not finite.any():
         return None, "no sacrum / coccyx found to bound the fossa posteriorly"
-    y_post = (back - config.fossa_rectum_allowance_mm)[:, None, None]
+    y_post = back - config.fossa_rectum_allowance_mm
+    walls = 0
+    if rectum_front_mm is not None:
+        seen = np.isfinite(rectum_front_mm) & (rectum_front_mm < y_post)
+        walls = int(seen.sum())
+        y_post = np.where(seen, rectum_front_mm, y_post)
+    y_post = y_post[:, None, None]
     box = ((zz >= inf[2] - config.fossa_below_symphysis_mm)
            & (zz <= sup[2] + config.fossa_above_symphysis_mm)
            & (yy >= y_ant) & (yy <= y_post) & (np.abs(xx - frame.x_mid_mm) <= half_w))
@@ -63,6 +149,8 @@ def fossa_box(t: Tissues, grid: WorkGrid, frame: PelvisFrame,
     box &= t.body & ~t.bone
     reason = (f"RTOG box: z from {inf[2] - config.fossa_below_symphysis_mm:.0f} to "
               f"{sup[2] + config.fossa_above_symphysis_mm:.0f} mm, half-width {half_w:.0f} mm")
+    if walls:
+        reason += f", posterior border at the anterior rectal wall on {walls} slice(s)"
     if bladder is not None and bladder.any():
         r = max(1, round(config.fossa_bladder_wall_mm / grid.spacing_mm))
         bb = bbox(bladder, pad=1)
@@ -177,4 +265,28 @@ def nodal_regions(t: Tissues, grid: WorkGrid, frame: PelvisFrame, *,
         np.abs(dx) >= config.inguinal_min_lateral_mm)
     put(R.INGUINAL_LEFT, ing & left, "groin: below the inguinal ligament level, anterior", ks)
     put(R.INGUINAL_RIGHT, ing & ~left, "groin: below the inguinal ligament level, anterior", ks)
+    # the true pelvis goes on below the groin level down to the pelvic floor (the symphysis'
+    # lower edge): behind the symphysis and inside the obturator internus, the obturator and
+    # internal-iliac nodes of the lower pelvic side wall (the groin, in front, stays inguinal)
+    if config.pelvic_floor_regions and sym_inf < z_groin:
+        ks = slab(np.nextafter(sym_inf, np.inf), z_groin)
+        # only what no pelvic region took (perirectal, presacral keep theirs), and the groin
+        free = np.isin(out, [code[R.OTHER_EXTRAPELVIC], code[R.INGUINAL_LEFT],
+                             code[R.INGUINAL_RIGHT]])
+        half = frame.obturator_half_width_mm
+        inner = np.abs(dx) <= (half if half is not None else config.retroperitoneal_half_width_mm)
+        if frame.symphysis_back_y_mm is not None:
+            inner = inner & (yy >= frame.symphysis_back_y_mm)
+        low_obt = inner & (yy >= y_obt_front) & (yy < y_obt_back)
+        low_int = inner & (yy >= y_obt_back)
+        for region, where, side in ((R.OBTURATOR_LEFT, low_obt, left),
+                                    (R.OBTURATOR_RIGHT, low_obt, ~left),
+                                    (R.INTERNAL_ILIAC_LEFT, low_int, left),
+                                    (R.INTERNAL_ILIAC_RIGHT, low_int, ~left)):
+            sub = out[ks]
+            sub[np.broadcast_to(where & side, sub.shape) & soft[ks] & free[ks]] = code[region]
+        for region in (R.OBTURATOR_LEFT, R.OBTURATOR_RIGHT, R.INTERNAL_ILIAC_LEFT,
+                       R.INTERNAL_ILIAC_RIGHT):
+            reasons[region] += (" (down to the pelvic floor behind the symphysis, inside the "
+                                "obturator internus)")
     return out, reasons

@@ -17,7 +17,7 @@ from fixtures.phantom import ORGAN_LABELS, generate_patient
 from fixtures.phantom.lesions import LesionSpec
 from imaging.anatomy import AnatomyConfig, label_anatomy
 from imaging.errors import ConfigError
-from imaging.vocabulary import AnatomyLabel
+from imaging.vocabulary import AnatomyLabel, NodalRegion
 
 A = AnatomyLabel
 
@@ -470,7 +470,7 @@ def test_a_soft_tissue_nodule_in_a_fatty_halo_loop_is_carved_out_a_ureter_crossi
 ) -> None:
     import cc3d
 
-    from imaging.anatomy.organs import _nodules_in_fat
+    from imaging.anatomy.organs import _fatty_loops, _nodules_in_fat
 
     # 3 mm grid: a shell of SUV >= 1.8 in fat (-90 HU), the partial-volume halo of a hot organ,
     # which passes the loop test by shape; inside it a round soft-tissue node (40 HU, radius
@@ -487,16 +487,19 @@ def test_a_soft_tissue_nodule_in_a_fatty_halo_loop_is_carved_out_a_ureter_crossi
     loops = np.zeros(n + 1, dtype=bool)
     loops[lab[20, 20, 30]] = True
     cfg = AnatomyConfig()
-    carved = _nodules_in_fat(lab, n, loops, avid, hu, 3.0, cfg)
+
+    def carve(hu: np.ndarray, cfg: AnatomyConfig) -> np.ndarray:
+        return _nodules_in_fat(lab, _fatty_loops(lab, n, loops, avid, hu, cfg), hu, 3.0, cfg)
+
+    carved = carve(hu, cfg)
     assert carved[node].all()
     assert not carved[tube & avid].any()
     assert not carved[20, 20, 9]  # the halo itself is not carved
     # a loop of soft-tissue density (a real loop) keeps its nodules: the loop-core rules judge it
     dense = np.where(avid, 20.0, hu).astype(np.float32)
     dense[node] = 40.0
-    assert not _nodules_in_fat(lab, n, loops, avid, dense, 3.0, cfg).any()
-    assert not _nodules_in_fat(lab, n, loops, avid, hu, 3.0,
-                               AnatomyConfig(bowel_fat_loop_hu=None)).any()
+    assert not carve(dense, cfg).any()
+    assert not carve(hu, AnatomyConfig(bowel_fat_loop_hu=None)).any()
     with pytest.raises(ConfigError, match="bowel_fat_loop_hu"):
         AnatomyConfig(bowel_fat_loop_hu=float("nan"))
 
@@ -529,6 +532,76 @@ def test_a_node_hanging_off_a_ureter_track_is_carved_out_its_boluses_are_not() -
     pet[bridge] = 3.0
     assert not _side_nodes(taken, pet, 3.0, AnatomyConfig(ureter_side_node_saddle=None)).any()
 
+
+
+def test_a_focus_on_the_ureter_course_hotter_than_urine_can_be_is_carved_out() -> None:
+    from imaging.anatomy.organs import _above_urine
+
+    # 3 mm grid: a faint [18F]PSMA-1007 ureter along z (SUV 2) with a bolus (SUV 5), a round
+    # node of SUV 18 on its course, and a long hot stretch (SUV 20, 30 mm) further up;
+    # bladder urine at SUV 6
+    zz, yy, xx = np.mgrid[:60, :30, :30].astype(np.float32)
+    pet = np.full(zz.shape, 0.5, dtype=np.float32)
+    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 55)
+    pet[tube] = 2.0
+    bolus = tube & (np.abs(zz - 12) <= 1)
+    pet[bolus] = 5.0
+    node = np.sqrt((zz - 25) ** 2 + (yy - 15) ** 2 + (xx - 11) ** 2) <= 2.0
+    pet[node] = 18.0
+    stretch = tube & (zz >= 40) & (zz < 50)
+    pet[stretch] = 20.0
+    taken = tube | node
+    urine = np.full(100, 6.0, dtype=np.float32)
+    cfg = AnatomyConfig()
+    out = _above_urine(taken, pet, urine, 3.0, cfg)
+    assert out[node].all()
+    assert not out[bolus].any()      # urine: below 2 x the bladder's
+    assert not out[stretch].any()    # hotter than urine, but long: not a node
+    # with a urine-excreted tracer (bladder at SUV 60) the node is left to the other rules
+    assert not _above_urine(taken, pet, urine * 10, 3.0, cfg).any()
+    assert not _above_urine(taken, pet, urine, 3.0, AnatomyConfig(ureter_urine_ratio=None)).any()
+    assert not _above_urine(taken, pet, None, 3.0, cfg).any()
+    with pytest.raises(ConfigError, match="ureter_urine_ratio"):
+        AnatomyConfig(ureter_urine_ratio=0.0)
+
+
+@pytest.mark.slow
+def test_the_lower_pelvic_side_wall_is_obturator_down_to_the_pelvic_floor(psma11) -> None:  # type: ignore[no-untyped-def]
+    """Between the groin level (30 mm below the femoral heads) and the symphysis' lower edge,
+    the side wall inside the obturator internus is still the true pelvis (obturator band), not
+    the groin or "other extrapelvic"; switched off, it is not."""
+    patient, anatomy = psma11
+    lm = patient.truth["landmarks"]
+    fh = (np.array(lm["femoral_head_left"]) + np.array(lm["femoral_head_right"])) / 2
+    floor = lm["pubic_symphysis_inferior"][2]
+    points = [(fh[0] + dx, fh[1] + dy, z) for z in np.arange(floor + 4, fh[2] - 32, 3.0)
+              for dx in (-40, -30, 30, 40) for dy in (-15, -5, 5)]
+    assert len(points) >= 24
+    expected = {NodalRegion.OBTURATOR_LEFT, NodalRegion.OBTURATOR_RIGHT}
+    assert {anatomy.region_of_point(q) for q in points} == expected
+    off = label_anatomy(patient.ct, pet=patient.pet_suv,
+                        config=AnatomyConfig(pelvic_floor_regions=False))
+    assert not {off.region_of_point(q) for q in points} & expected
+
+
+@pytest.mark.slow
+def test_the_fossa_stops_at_the_anterior_rectal_wall(psma11, psma1007) -> None:  # type: ignore[no-untyped-def]
+    """RTOG's posterior fossa border is the anterior rectal wall: the rectum, seen on CT, is
+    mostly outside the fossa (head-first and feet-first), the prostate bed wholly inside; with
+    the sacrum-based allowance alone most of the rectum is inside."""
+    for patient, anatomy in (psma11, psma1007):
+        rectum = patient.canonical_mask(A.RECTUM, grid="pet")
+        bed = patient.canonical_mask(A.PROSTATE_FOSSA, grid="pet")
+        fossa = anatomy.mask(A.PROSTATE_FOSSA)
+        levels = fossa.any(axis=(1, 2))
+        assert rectum[levels].sum() > 100
+        assert (rectum & fossa).sum() / rectum[levels].sum() < 0.35
+        assert (bed & fossa).sum() / bed.sum() > 0.98
+        assert "anterior rectal wall" in anatomy.mask_info[A.PROSTATE_FOSSA.value].reason
+        off = label_anatomy(patient.ct, pet=patient.pet_suv,
+                            config=AnatomyConfig(fossa_rectum_wall=False))
+        inside = off.mask(A.PROSTATE_FOSSA)
+        assert (rectum & inside).sum() / rectum[inside.any(axis=(1, 2))].sum() > 0.6
 
 @pytest.mark.slow
 def test_a_liver_metastasis_hotter_than_the_kidneys_stays_in_the_liver() -> None:
