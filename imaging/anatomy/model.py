@@ -169,7 +169,7 @@ class AnatomyConfig:
     bowel_min_ml: float = 10.0
     bowel_min_tubularity: float = 2.0
     bowel_fat_loop_hu: float | None = -50.0
-    bowel_fat_loop_band: bool = True
+    bowel_fat_loop_band: bool = False
     bowel_peak_ratio: float | None = 2.0
     bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
