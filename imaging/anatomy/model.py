@@ -169,7 +169,8 @@ class AnatomyConfig:
     bowel_min_ml: float = 10.0
     bowel_min_tubularity: float = 2.0
     bowel_fat_loop_hu: float | None = -50.0
-    bowel_fat_loop_band: bool = False
+    bowel_fat_loop_band: bool = True
+    bowel_fat_loop_band_half_width_mm: float = 35.0
     bowel_peak_ratio: float | None = 2.0
     bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
@@ -279,7 +280,8 @@ class AnatomyConfig:
                     "fine_marrow_bridge_mm", "fine_marrow_window_mm",
                     "ureter_course_floor_suv", "ureter_course_max_ml",
                     "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml",
-                    "ureter_peak_midline_mm", "ureter_side_node_max_ml")
+                    "ureter_peak_midline_mm", "ureter_side_node_max_ml",
+                    "bowel_fat_loop_band_half_width_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
                              "bowel_round_core_ratio", "ureter_side_node_saddle",
                              "ureter_urine_ratio")

@@ -778,6 +778,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     # the spine (sacrum in the pelvis), pelvic side walls
     keep_out = (np.abs(dx) <= config.bowel_keepout_half_width_mm) & (
         yy >= sp - config.bowel_keepout_front_mm)
+    spine_band = keep_out & (np.abs(dx) <= config.bowel_fat_loop_band_half_width_mm)
     crest = [frame.landmarks[lm].position_mm for lm in (Landmark.ILIAC_CREST_LEFT,
                                                          Landmark.ILIAC_CREST_RIGHT)]
     crest_z = [c[2] for c in crest if c is not None]
@@ -832,9 +833,10 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
         fatty = _fatty_loops(lab, n, ok & ~with_gas, avid, hu_c, config)
         core |= _nodules_in_fat(lab, fatty, hu_c, s, config)
         if config.bowel_fat_loop_band:
-            # a fatty halo is no bowel: where it reaches into the nodal stations (the pelvic
-            # side walls, the para-aortic band) a node is as likely as the halo
-            core |= fatty[lab] & keep_out
+            # a fatty halo is no bowel: where it reaches into the midline band in front of the
+            # spine and sacrum (para-aortic, presacral and perirectal stations) a node is as
+            # likely as the halo; not further out, where the ureters run down to the bladder
+            core |= fatty[lab] & spine_band
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])

@@ -79,29 +79,42 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
             & (((hu[sl] >= -30.0) & (hu[sl] <= 200.0)) | (hu[sl] <= -400.0)))
     if bladder is not None:
         cand &= ~box_dilate(bladder[sl], 1)
-    near_mid = np.abs(xs - frame.x_mid_mm) <= 30.0
+    # the search window (plus a rectum's width around it), labelled slice by slice in one call
+    # (no connectivity along z); a piece touching the window's edge runs on outside it
     max_px = config.rectum_max_width_mm / s
-    min_area = np.pi * (7.5 / s) ** 2
-    for off, k in enumerate(ks):
-        lab, n_c = ndi.label(cand[off], structure=np.ones((3, 3), dtype=bool))
-        if n_c == 0:
-            continue
-        best_y = -np.inf
-        for c, box in enumerate(ndi.find_objects(lab), start=1):
-            if box is None:
-                continue
-            if (box[0].stop - box[0].start > max_px) or (box[1].stop - box[1].start > max_px):
-                continue
-            jj, ii = np.nonzero(lab[box] == c)
-            if jj.size < min_area:
-                continue
-            cy = ys[box[0].start + round(float(jj.mean()))]
-            cx = box[1].start + round(float(ii.mean()))
-            if not near_mid[cx] or not (back[k] - config.rectum_search_mm <= cy <= back[k]):
-                continue
-            if cy > best_y:
-                best_y = cy
-                front[k] = ys[box[0].start + int(jj.min())]
+    reach = 30.0 + config.rectum_max_width_mm
+    cols = np.flatnonzero(np.abs(xs - frame.x_mid_mm) <= reach)
+    back_k = back[ks]
+    rows = np.flatnonzero((ys >= np.nanmin(back_k) - config.rectum_search_mm
+                           - config.rectum_max_width_mm) & (ys <= np.nanmax(back_k) + s))
+    if cols.size < 3 or rows.size < 3:
+        return front, "the search window in front of the sacrum is outside the CT"
+    win = (slice(None), slice(int(rows[0]), int(rows[-1]) + 1),
+           slice(int(cols[0]), int(cols[-1]) + 1))
+    plane = np.zeros((3, 3, 3), dtype=bool)
+    plane[1] = True
+    lab, n_c = ndi.label(cand[win], structure=plane)
+    if n_c == 0:
+        return front, "no soft tissue or gas in front of the sacrum at the fossa's levels"
+    boxes = ndi.find_objects(lab)
+    k0, j0, j1, i0, i1 = (np.array([b[a].start if e == 0 else b[a].stop for b in boxes])
+                          for a, e in ((0, 0), (1, 0), (1, 1), (2, 0), (2, 1)))
+    flat = lab.ravel()
+    size = np.bincount(flat, minlength=n_c + 1)[1:].astype(np.float64)
+    jj, ii = np.indices(lab.shape[1:])
+    jw = np.broadcast_to(jj, lab.shape).ravel()
+    iw = np.broadcast_to(ii, lab.shape).ravel()
+    cy = ys[rows[0]] + s * np.bincount(flat, jw, minlength=n_c + 1)[1:] / size
+    cx = xs[cols[0]] + s * np.bincount(flat, iw, minlength=n_c + 1)[1:] / size
+    h, w = lab.shape[1:]
+    back_c = back[ks[k0]]
+    ok = ((j1 - j0 <= max_px) & (i1 - i0 <= max_px) & (size >= np.pi * (7.5 / s) ** 2)
+          & (j0 > 0) & (j1 < h) & (i0 > 0) & (i1 < w)
+          & (np.abs(cx - frame.x_mid_mm) <= 30.0)
+          & (cy >= back_c - config.rectum_search_mm) & (cy <= back_c))
+    # per slice the most posterior such piece; its front row is the anterior wall
+    for c in np.flatnonzero(ok)[np.argsort(cy[ok], kind="stable")]:
+        front[ks[k0[c]]] = ys[rows[0] + j0[c]]
     found = np.flatnonzero(np.isfinite(front))
     if found.size == 0:
         return front, "no rectum seen between the fossa and the sacrum"

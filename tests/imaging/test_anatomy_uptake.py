@@ -603,6 +603,21 @@ def test_the_fossa_stops_at_the_anterior_rectal_wall(psma11, psma1007) -> None: 
         inside = off.mask(A.PROSTATE_FOSSA)
         assert (rectum & inside).sum() / rectum[inside.any(axis=(1, 2))].sum() > 0.6
 
+
+@pytest.mark.slow
+def test_a_perirectal_node_in_the_bladders_fatty_halo_is_not_bowel() -> None:
+    """[18F]DCFPyL, a perirectal node of SUV 14.6 inside the bladder's partial-volume halo in
+    the perivesical fat: the halo passes the loop test by shape, but it is fat on CT, and in the
+    midline band in front of the sacrum it is not allowed to mask the node."""
+    patient = generate_patient(8039, size="small", stage="N1/M1a", tracer="dcfpyl")
+    perirectal = next(t for t in patient.truth["lesions"] if t["site"] == "node_perirectal")
+    mine = np.asarray(patient.lesions_pet.array) == perirectal["id"]
+    on = label_anatomy(patient.ct, pet=patient.pet_suv)
+    off = label_anatomy(patient.ct, pet=patient.pet_suv,
+                        config=AnatomyConfig(bowel_fat_loop_band=False))
+    assert (off.mask(A.BOWEL) & mine).sum() >= 3
+    assert not (on.mask(A.BOWEL) & mine).any()
+
 @pytest.mark.slow
 def test_a_liver_metastasis_hotter_than_the_kidneys_stays_in_the_liver() -> None:
     """The liver's growth stops at uptake as hot as a kidney's; a metastasis of SUV 40 inside
