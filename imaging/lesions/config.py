@@ -199,10 +199,6 @@ class LesionConfig:
         mask): urine cannot be hotter than the urine it belongs to, so a node of SUV 23 beside
         an [18F]PSMA-1007 ureter of SUV 5 is a node. ``None``: every touching lesion is
         equivocal [D].
-    equivocal_ureter_urine_from_bladder : bool
-        For the ureters, the urine activity is the lower of their own and the bladder's 99th
-        percentile: the ureters carry the bladder's urine, and their mask's top percentile can
-        hold the fringe of a node carved out of it [D].
     equivocal_margin_mm : float
         Exclusion margin of the ``equivocal_touch`` organs (bladder, ureters) when they are also
         hard-excluded: 0, so that a lesion abutting the bladder keeps its voxels and is reported
@@ -262,7 +258,6 @@ class LesionConfig:
     equivocal_touch: tuple[AnatomyLabel, ...] = _DEFAULT_EQUIVOCAL_TOUCH
     equivocal_touch_mm: float = 5.0
     equivocal_hotter_ratio: float | None = 2.0
-    equivocal_ureter_urine_from_bladder: bool = True
     equivocal_margin_mm: float = 0.0
     spill_margin_max_mm: float = 12.0
     ganglion_max_suv: float = 4.0

@@ -1329,14 +1329,7 @@ def _equivocal_reasons(
         hit = np.bincount(lab[near], minlength=n + 1)[1:] > 0
         urine = zones.values(organ, suv.array)  # its urine activity: 99th percentile
         if config.equivocal_hotter_ratio is not None and urine is not None and urine.size:
-            level = float(np.percentile(urine, 99))
-            bladder = zones.values(AnatomyLabel.URINARY_BLADDER, suv.array)
-            if (organ is AnatomyLabel.URETERS and config.equivocal_ureter_urine_from_bladder
-                    and bladder is not None and bladder.size):
-                # the ureters carry the bladder's urine; their own mask's top percentile also
-                # holds the fringe of nodes carved out of it
-                level = min(level, float(np.percentile(bladder, 99)))
-            hit &= meas.suv_max <= config.equivocal_hotter_ratio * level
+            hit &= meas.suv_max <= config.equivocal_hotter_ratio * float(np.percentile(urine, 99))
         for i in np.flatnonzero(hit):
             reasons[i].append(f"touches {organ.value}")
     bone = zones.mask(AnatomyLabel.BONE)
