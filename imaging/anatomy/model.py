@@ -225,6 +225,7 @@ class AnatomyConfig:
     rectum_midline_mm: float = 10.0
     rectum_search_mm: float = 70.0
     rectum_max_width_mm: float = 55.0
+    rectum_min_length_mm: float = 25.0
     fossa_bladder_wall_mm: float = 15.0
     fossa_obturator_internus_mm: float = 15.0
     # nodal regions (domain.md 3.4)

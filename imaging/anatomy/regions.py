@@ -50,7 +50,9 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
     whose extent is at most ``rectum_max_width_mm`` both ways (the pelvic-floor muscles run on
     into the side walls, the bladder base and a prostate bed touching the rectum make one wider
     piece, and that slice keeps the default border), and whose area is that of a tube at least
-    15 mm across. Its front is the anterior wall. Slices between two found ones take the
+    15 mm across; and the slices' pieces must overlap from slice to slice over at least
+    ``rectum_min_length_mm`` (a tube, not a recurrence beside the bladder). Its front is the
+    anterior wall. Slices between two found ones take the
     nearer's value; outside them, nothing.
     """
     n = grid.shape[0]
@@ -113,8 +115,29 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
           & (np.abs(cx - frame.x_mid_mm) <= 30.0)
           & (cy >= back_c - config.rectum_search_mm) & (cy <= back_c))
     # per slice the most posterior such piece; its front row is the anterior wall
+    pick = np.zeros(ks.size, dtype=np.int64)  # label + 1 of the slice's piece, 0 for none
     for c in np.flatnonzero(ok)[np.argsort(cy[ok], kind="stable")]:
-        front[ks[k0[c]]] = ys[rows[0] + j0[c]]
+        pick[k0[c]] = c + 1
+    # the rectum is a tube: only runs of consecutive slices whose pieces overlap in-plane,
+    # at least rectum_min_length_mm long (a fossa recurrence beside the bladder is a round
+    # piece too, on a few slices)
+    run: list[int] = []
+    min_slices = config.rectum_min_length_mm / s
+    for off in range(ks.size + 1):
+        here = off < ks.size and pick[off] > 0
+        if here and run and not np.any((lab[run[-1]] == pick[run[-1]])
+                                       & (lab[off] == pick[off])):
+            here_starts_new = True
+        else:
+            here_starts_new = False
+        if (not here or here_starts_new) and run:
+            if len(run) >= min_slices:
+                for r in run:
+                    c = pick[r] - 1
+                    front[ks[r]] = ys[rows[0] + j0[c]]
+            run = []
+        if here:
+            run.append(off)
     found = np.flatnonzero(np.isfinite(front))
     if found.size == 0:
         return front, "no rectum seen between the fossa and the sacrum"
