@@ -62,9 +62,9 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
     s = grid.spacing_mm
     mid = np.abs(xs - frame.x_mid_mm) <= config.rectum_midline_mm
     if rectum is not None and rectum.any():
-        rows = rectum[:, :, mid].any(axis=2)
-        has = rows.any(axis=1)
-        front[has] = ys[np.argmax(rows[has], axis=1)]
+        in_rows: NDArray[np.bool_] = np.any(rectum[:, :, mid], axis=2)
+        has = np.any(in_rows, axis=1)
+        front[has] = ys[np.argmax(in_rows[has], axis=1)]
         return front, "front of the provider's rectum mask near the midline"
     back = _per_slice(frame.sacrum_front_y_mm, n)
     sup = frame.landmarks[LM.PUBIC_SYMPHYSIS_SUPERIOR].position_mm

@@ -404,3 +404,24 @@ def test_thin_rib_cut_off_by_the_half_maximum_edge_stays_bone() -> None:
     assert (bone & rib).sum() == rib.sum()
     assert not (bone & calcification).any()
     assert np.count_nonzero(bone & vertebra) >= 0.95 * vertebra.sum()
+
+
+def test_a_provider_rectum_mask_gives_the_anterior_rectal_wall_near_the_midline() -> None:
+    from types import SimpleNamespace
+
+    from imaging.anatomy.grid import WorkGrid
+    from imaging.anatomy.regions import rectum_front
+
+    # 3 mm grid, x and y from 0: a rectum tube (radius 15 mm) around x = 60, y = 90 on slices
+    # 5-14, and a stray piece of the mask 40 mm off the midline further forward
+    grid = WorkGrid(shape=(20, 50, 40), spacing_mm=3.0, origin_mm=(0.0, 0.0, 0.0))
+    zz, yy, xx = np.mgrid[:20, :50, :40]
+    rectum = (np.hypot(yy * 3.0 - 90.0, xx * 3.0 - 60.0) <= 15.0) & (zz >= 5) & (zz < 15)
+    rectum |= (np.abs(yy * 3.0 - 30.0) <= 3.0) & (np.abs(xx * 3.0 - 102.0) <= 3.0) & (zz == 8)
+    frame = SimpleNamespace(x_mid_mm=60.0)
+    front, why = rectum_front(np.zeros(rectum.shape, dtype=np.float32), None, grid,  # type: ignore[arg-type]
+                              frame, None, rectum, config=AnatomyConfig())  # type: ignore[arg-type]
+    assert "provider" in why
+    assert np.isnan(front[:5]).all()
+    assert np.isnan(front[15:]).all()
+    assert np.allclose(front[5:15], 75.0)  # the tube's front, not the stray piece at y = 30
