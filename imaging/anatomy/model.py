@@ -282,7 +282,8 @@ class AnatomyConfig:
                     "ureter_course_floor_suv", "ureter_course_max_ml",
                     "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml",
                     "ureter_peak_midline_mm", "ureter_side_node_max_ml",
-                    "bowel_fat_loop_band_half_width_mm")
+                    "bowel_fat_loop_band_half_width_mm", "rectum_midline_mm",
+                    "rectum_search_mm", "rectum_max_width_mm", "rectum_min_length_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
                              "bowel_round_core_ratio", "ureter_side_node_saddle",
                              "ureter_urine_ratio")
@@ -294,7 +295,8 @@ class AnatomyConfig:
                 raise ConfigError(f"anatomy.{name} must be a positive number"
                                   f"{' or none' if name in optional_positive else ''}, "
                                   f"got {value!r}.")
-        for flag in ("ureter_course", "ureter_base_course"):
+        for flag in ("ureter_course", "ureter_base_course", "fossa_rectum_wall",
+                     "pelvic_floor_regions", "bowel_fat_loop_band"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"anatomy.{flag} must be true or false, got "
                                   f"{getattr(self, flag)!r}.")

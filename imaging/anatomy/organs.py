@@ -1105,13 +1105,8 @@ def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,
         high = comp & (pet[box] > f * pet[k, j, i])
         hl = cc3d.connected_components(high, connectivity=26)
         part = hl == hl[loc]
-        size = int(part.sum())
-        if size > max_vox or size * 4 > comp_size[c]:
+        if int(part.sum()) * 4 > comp_size[c] or not _small_and_round(part, max_vox, s):
             continue
-        if size >= 3:
-            _, _, length, width = _principal_axes(part.astype(np.int32), 1, s)
-            if length[1] >= 2.0 * width[1]:
-                continue
         rest = comp & ~box_dilate(part, 1)
         pieces = cc3d.connected_components(rest, connectivity=26)
         counts = np.bincount(pieces.ravel())
@@ -1125,6 +1120,18 @@ def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,
             continue
         out[box] |= part
     return out
+
+
+def _small_and_round(part: NDArray[np.bool_], max_vox: float, s: float) -> bool:
+    """At most ``max_vox`` voxels and round: length < 2 x width by principal axes (a part of
+    fewer than 3 voxels has no shape to judge and counts as round)."""
+    size = int(part.sum())
+    if size > max_vox:
+        return False
+    if size < 3:
+        return True
+    _, _, length, width = _principal_axes(part.astype(np.int32), 1, s)
+    return bool(length[1] < 2.0 * width[1])
 
 
 def _above_urine(taken: NDArray[np.bool_], pet: NDArray[np.float32],
@@ -1153,24 +1160,23 @@ def _above_urine(taken: NDArray[np.bool_], pet: NDArray[np.float32],
         return out
     saddle = config.ureter_side_node_saddle or 0.5
     max_vox = config.ureter_side_node_max_ml * 1000.0 / s**3
+    tracks = cc3d.connected_components(taken, connectivity=26)
+    track_boxes = ndi.find_objects(tracks)
     cores = cc3d.connected_components(hot, connectivity=26)
-    for box, c in zip(ndi.find_objects(cores), range(1, int(cores.max()) + 1), strict=True):
-        if box is None:
+    for c, core_box in enumerate(ndi.find_objects(cores), start=1):
+        if core_box is None:
             continue
-        grown = tuple(slice(max(0, b.start - 8), b.stop + 8) for b in box)
-        core = cores[grown] == c
-        peak = float(pet[grown][core].max())
-        high = taken[grown] & (pet[grown] > saddle * peak)
+        # judged inside the bounding box of the track the core lies on
+        first = np.argwhere(cores[core_box] == c)[0] + [b.start for b in core_box]
+        t_id = int(tracks[tuple(first)])
+        box = track_boxes[t_id - 1]
+        assert box is not None
+        core = cores[box] == c
+        high = (tracks[box] == t_id) & (pet[box] > saddle * float(pet[box][core].max()))
         lab = cc3d.connected_components(high, connectivity=26)
         part = np.isin(lab, np.unique(lab[core]))
-        size = int(part.sum())
-        if size > max_vox:
-            continue
-        if size >= 3:
-            _, _, length, width = _principal_axes(part.astype(np.int32), 1, s)
-            if length[1] >= 2.0 * width[1]:
-                continue
-        out[grown] |= part
+        if _small_and_round(part, max_vox, s):
+            out[box] |= part
     # with its fringe on the tracks (two voxels): an isolated node taken whole for a bolus
     # would otherwise leave a ring of mask around itself
     return box_dilate(out, 2) & taken if out.any() else out

@@ -52,8 +52,8 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
     piece, and that slice keeps the default border), and whose area is that of a tube at least
     15 mm across; and the slices' pieces must overlap from slice to slice over at least
     ``rectum_min_length_mm`` (a tube, not a recurrence beside the bladder). Its front is the
-    anterior wall. Slices between two found ones take the
-    nearer's value; outside them, nothing.
+    anterior wall. Slices between two found ones take the nearer's value; outside them,
+    nothing.
     """
     n = grid.shape[0]
     front = np.full(n, np.nan)
@@ -84,7 +84,8 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
     # the search window (plus a rectum's width around it), labelled slice by slice in one call
     # (no connectivity along z); a piece touching the window's edge runs on outside it
     max_px = config.rectum_max_width_mm / s
-    reach = 30.0 + config.rectum_max_width_mm
+    centre_mm = 30.0  # the rectum's centre lies within this of the midline
+    reach = centre_mm + config.rectum_max_width_mm
     cols = np.flatnonzero(np.abs(xs - frame.x_mid_mm) <= reach)
     back_k = back[ks]
     rows = np.flatnonzero((ys >= np.nanmin(back_k) - config.rectum_search_mm
@@ -112,7 +113,7 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
     back_c = back[ks[k0]]
     ok = ((j1 - j0 <= max_px) & (i1 - i0 <= max_px) & (size >= np.pi * (7.5 / s) ** 2)
           & (j0 > 0) & (j1 < h) & (i0 > 0) & (i1 < w)
-          & (np.abs(cx - frame.x_mid_mm) <= 30.0)
+          & (np.abs(cx - frame.x_mid_mm) <= centre_mm)
           & (cy >= back_c - config.rectum_search_mm) & (cy <= back_c))
     # per slice the most posterior such piece; its front row is the anterior wall
     pick = np.zeros(ks.size, dtype=np.int64)  # label + 1 of the slice's piece, 0 for none
@@ -121,23 +122,13 @@ def rectum_front(hu: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pel
     # the rectum is a tube: only runs of consecutive slices whose pieces overlap in-plane,
     # at least rectum_min_length_mm long (a fossa recurrence beside the bladder is a round
     # piece too, on a few slices)
-    run: list[int] = []
-    min_slices = config.rectum_min_length_mm / s
-    for off in range(ks.size + 1):
-        here = off < ks.size and pick[off] > 0
-        if here and run and not np.any((lab[run[-1]] == pick[run[-1]])
-                                       & (lab[off] == pick[off])):
-            here_starts_new = True
-        else:
-            here_starts_new = False
-        if (not here or here_starts_new) and run:
-            if len(run) >= min_slices:
-                for r in run:
-                    c = pick[r] - 1
-                    front[ks[r]] = ys[rows[0] + j0[c]]
-            run = []
-        if here:
-            run.append(off)
+    has = pick > 0
+    chosen = has[:, None, None] & (lab == pick[:, None, None])
+    linked = np.zeros(ks.size, dtype=bool)
+    linked[1:] = np.any(chosen[1:] & chosen[:-1], axis=(1, 2))
+    run = np.cumsum(has & ~linked) * has  # run number of each slice's piece, 0 for none
+    keep = has & (np.bincount(run)[run] >= config.rectum_min_length_mm / s)
+    front[ks[keep]] = ys[rows[0] + j0[pick[keep] - 1]]
     found = np.flatnonzero(np.isfinite(front))
     if found.size == 0:
         return front, "no rectum seen between the fossa and the sacrum"

@@ -504,15 +504,21 @@ def test_a_soft_tissue_nodule_in_a_fatty_halo_loop_is_carved_out_a_ureter_crossi
         AnatomyConfig(bowel_fat_loop_hu=float("nan"))
 
 
+def _ureter_along_z(suv: float) -> tuple[np.ndarray, ...]:
+    """A 60 x 30 x 30 grid (3 mm) of SUV 0.5 with a ureter of ``suv`` along z (radius 1 voxel,
+    slices 5-54): the coordinates (z, y, x), the PET and the ureter's mask."""
+    zz, yy, xx = np.mgrid[:60, :30, :30].astype(np.float32)
+    pet = np.full(zz.shape, 0.5, dtype=np.float32)
+    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 55)
+    pet[tube] = suv
+    return zz, yy, xx, pet, tube
+
 def test_a_node_hanging_off_a_ureter_track_is_carved_out_its_boluses_are_not() -> None:
     from imaging.anatomy.organs import _side_nodes
 
     # 3 mm grid: a ureter along z (SUV 5, a bolus of SUV 12 on it, a hot end of SUV 12 at its
     # top) and a round node of SUV 10 five voxels beside it, joined by a faint bridge (SUV 3)
-    zz, yy, xx = np.mgrid[:60, :30, :30].astype(np.float32)
-    pet = np.full(zz.shape, 0.5, dtype=np.float32)
-    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 55)
-    pet[tube] = 5.0
+    zz, yy, xx, pet, tube = _ureter_along_z(5.0)
     bolus = tube & (np.abs(zz - 15) <= 1)
     end = tube & (zz >= 52)
     pet[bolus | end] = 12.0
@@ -533,17 +539,13 @@ def test_a_node_hanging_off_a_ureter_track_is_carved_out_its_boluses_are_not() -
     assert not _side_nodes(taken, pet, 3.0, AnatomyConfig(ureter_side_node_saddle=None)).any()
 
 
-
 def test_a_focus_on_the_ureter_course_hotter_than_urine_can_be_is_carved_out() -> None:
     from imaging.anatomy.organs import _above_urine
 
     # 3 mm grid: a faint [18F]PSMA-1007 ureter along z (SUV 2) with a bolus (SUV 5), a round
     # node of SUV 18 on its course, and a long hot stretch (SUV 20, 30 mm) further up;
     # bladder urine at SUV 6
-    zz, yy, xx = np.mgrid[:60, :30, :30].astype(np.float32)
-    pet = np.full(zz.shape, 0.5, dtype=np.float32)
-    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 55)
-    pet[tube] = 2.0
+    zz, yy, xx, pet, tube = _ureter_along_z(2.0)
     bolus = tube & (np.abs(zz - 12) <= 1)
     pet[bolus] = 5.0
     node = np.sqrt((zz - 25) ** 2 + (yy - 15) ** 2 + (xx - 11) ** 2) <= 2.0
