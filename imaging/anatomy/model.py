@@ -181,6 +181,8 @@ class AnatomyConfig:
     bowel_core_max_ml: float = 12.0
     bowel_round_core_ratio: float | None = 3.0
     bowel_round_core_max_ml: float = 5.0
+    # a soft-tissue nodule alone in the fat inside a loop's uptake, hotter than the loop
+    bowel_nodule_ratio: float | None = 1.5
     bowel_gas_hu: float = -400.0
     bowel_gas_min_ml: float = 0.3
     bowel_gas_reach_mm: float = 12.0
@@ -286,7 +288,7 @@ class AnatomyConfig:
                     "rectum_search_mm", "rectum_max_width_mm", "rectum_min_length_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
                              "bowel_round_core_ratio", "ureter_side_node_saddle",
-                             "ureter_urine_ratio")
+                             "ureter_urine_ratio", "bowel_nodule_ratio")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:

@@ -837,6 +837,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             # spine and sacrum (para-aortic, presacral and perirectal stations) a node is as
             # likely as the halo; not further out, where the ureters run down to the bladder
             core |= fatty[lab] & spine_band
+        core |= _nodules_in_loops(lab, n, ok, t.body[zsl] & ~t.bone[zsl], hu_c, pet_c,
+                                  pet[zsl], s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -894,6 +896,51 @@ def _nodules_in_fat(lab: NDArray[Any], fatty: NDArray[np.bool_], hu_c: NDArray[n
     soft = fatty[lab] & (hu_c >= config.bowel_wall_hu[0])
     focal = _compact_parts(soft, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
     focal |= _round_parts(soft, soft, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    return box_dilate(focal, 1)
+
+
+def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
+                      tissue: NDArray[np.bool_], hu_c: NDArray[np.float32],
+                      pet_c: NDArray[np.float32], pet_raw: NDArray[np.float32], s: float,
+                      config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Soft-tissue nodules alone in the fat inside a loop's uptake (kept out of the mask).
+
+    A loop's component (its SUV >= ``bowel_suv`` region) takes in the fat around the loop and
+    whatever lies in that fat: a node beside a loop joins the loop's uptake on PET, but on CT it
+    is a nodule of its own, with fat all round. Soft tissue (``bowel_wall_hu[0]`` or denser,
+    bone left out) is cut into pieces over the whole body (a loop stays one long piece with
+    its continuation outside the component); a piece that lies inside the loops, is focal
+    (at most ``bowel_core_max_ml``, not tubular, or round by its principal axes) and is
+    hotter than ``bowel_nodule_ratio`` x its loop's plateau is left out, with a one-voxel rim.
+    None turns the rule off.
+    """
+    out = np.zeros(lab.shape, dtype=bool)
+    if config.bowel_nodule_ratio is None or n == 0 or not loops[1:].any():
+        return out
+    soft = tissue & (hu_c >= config.bowel_wall_hu[0])
+    pieces, m = cc3d.connected_components(soft, connectivity=6, return_N=True)
+    if m == 0:
+        return out
+    in_loop = loops[lab]
+    count = np.bincount(pieces.ravel(), minlength=m + 1)
+    inside = np.bincount(pieces[in_loop], minlength=m + 1)
+    small = (count * s**3 <= config.bowel_core_max_ml * 1000.0) & (inside == count)
+    small[0] = False
+    if not small.any():
+        return out
+    cand = small[pieces]
+    plateau = _loop_plateau(lab, n, loops, pet_c)
+    # each piece against the plateau of the loop it lies in (the highest, if it spans two)
+    ref = np.zeros(m + 1)
+    np.maximum.at(ref, pieces[cand], plateau[lab[cand]])
+    peak = np.zeros(m + 1)
+    np.maximum.at(peak, pieces[cand], pet_raw[cand])
+    hot = small & (peak > config.bowel_nodule_ratio * np.maximum(ref, config.bowel_suv))
+    if not hot.any():
+        return out
+    part = hot[pieces]
+    focal = _compact_parts(part, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    focal |= _round_parts(part, part, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
     return box_dilate(focal, 1)
 
 

@@ -504,6 +504,48 @@ def test_a_soft_tissue_nodule_in_a_fatty_halo_loop_is_carved_out_a_ureter_crossi
         AnatomyConfig(bowel_fat_loop_hu=float("nan"))
 
 
+def test_a_hot_nodule_alone_in_the_fat_of_a_loops_uptake_is_carved_out() -> None:
+    import cc3d
+
+    from imaging.anatomy.organs import _nodules_in_loops
+
+    # 3 mm grid: a loop of bowel (24 HU tube, radius 2 voxels, along x through the whole box)
+    # in fat (-90 HU), its uptake (SUV 4) spread into the fat around it; a round soft-tissue
+    # node (40 HU, radius 3 voxels) in that fat with fat between it and the loop, joined to
+    # the loop's uptake by its own (SUV 10); and a second nodule fused to the loop on CT
+    # (the loop is long enough for its plateau, the 90th percentile, to stay at 4)
+    zz, yy, xx = np.mgrid[:30, :40, :100].astype(np.float32)
+    loop_ct = np.hypot(zz - 15, yy - 12) <= 2.0
+    node = np.sqrt((zz - 15) ** 2 + (yy - 21) ** 2 + (xx - 20) ** 2) <= 3.0
+    fused = np.sqrt((zz - 15) ** 2 + (yy - 8) ** 2 + (xx - 32) ** 2) <= 2.5
+    hu = np.full(zz.shape, -90.0, dtype=np.float32)
+    hu[loop_ct | node | fused] = 24.0
+    hu[node | fused] = 40.0
+    pet = np.full(zz.shape, 0.5, dtype=np.float32)
+    pet[np.hypot(zz - 15, yy - 12) <= 6.0] = 4.0
+    pet[np.sqrt((zz - 15) ** 2 + (yy - 21) ** 2 + (xx - 20) ** 2) <= 5.0] = 10.0
+    pet[np.sqrt((zz - 15) ** 2 + (yy - 8) ** 2 + (xx - 32) ** 2) <= 4.0] = 10.0
+    avid = pet >= 1.8
+    lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
+    assert n == 1
+    loops = np.array([False, True])
+    tissue = np.ones(zz.shape, dtype=bool)
+    cfg = AnatomyConfig()
+
+    def carve(pet: np.ndarray, cfg: AnatomyConfig) -> np.ndarray:
+        return _nodules_in_loops(lab, n, loops, tissue, hu, pet, pet, 3.0, cfg)
+
+    carved = carve(pet, cfg)
+    assert carved[node].all()
+    assert not carved[loop_ct].any()
+    assert not carved[fused].any()  # one piece with the loop on CT: the loop-core rules judge it
+    # a nodule no hotter than the loop is left in (nothing to find there)
+    assert not carve(np.where(pet > 4.0, 4.0, pet).astype(np.float32), cfg).any()
+    assert not carve(pet, AnatomyConfig(bowel_nodule_ratio=None)).any()
+    with pytest.raises(ConfigError, match="bowel_nodule_ratio"):
+        AnatomyConfig(bowel_nodule_ratio=0.0)
+
+
 def _ureter_along_z(suv: float) -> tuple[np.ndarray, ...]:
     """A 60 x 30 x 30 grid (3 mm) of SUV 0.5 with a ureter of ``suv`` along z (radius 1 voxel,
     slices 5-54): the coordinates (z, y, x), the PET and the ureter's mask."""
