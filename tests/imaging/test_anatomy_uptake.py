@@ -658,9 +658,13 @@ def test_a_perirectal_node_in_the_bladders_fatty_halo_is_not_bowel() -> None:
     mine = np.asarray(patient.lesions_pet.array) == perirectal["id"]
     on = label_anatomy(patient.ct, pet=patient.pet_suv)
     off = label_anatomy(patient.ct, pet=patient.pet_suv,
-                        config=AnatomyConfig(bowel_fat_loop_band=False))
+                        config=AnatomyConfig(bowel_fat_loop_band=False, bowel_nodule_ratio=None))
     assert (off.mask(A.BOWEL) & mine).sum() >= 3
     assert not (on.mask(A.BOWEL) & mine).any()
+    # the node is a nodule alone in the halo's fat on CT: either rule alone keeps it out
+    for one in ({"bowel_fat_loop_band": False}, {"bowel_nodule_ratio": None}):
+        alone = label_anatomy(patient.ct, pet=patient.pet_suv, config=AnatomyConfig(**one))
+        assert not (alone.mask(A.BOWEL) & mine).any()
 
 @pytest.mark.slow
 def test_a_liver_metastasis_hotter_than_the_kidneys_stays_in_the_liver() -> None:
