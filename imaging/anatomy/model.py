@@ -215,6 +215,9 @@ class AnatomyConfig:
     ureter_side_node_saddle: float | None = 0.5
     ureter_side_node_max_ml: float = 2.0
     ureter_urine_ratio: float | None = 2.0
+    # short hot pieces continuing a ureter track beyond its end (None: off)
+    # short hot pieces in the gap between two stretches of a ureter's track (None: off)
+    ureter_gap_mm: float | None = 60.0
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)
     gallbladder_hu: tuple[float, float] = (-20.0, 22.0)
     gallbladder_reach_mm: float = 20.0
@@ -288,7 +291,7 @@ class AnatomyConfig:
                     "rectum_search_mm", "rectum_max_width_mm", "rectum_min_length_mm")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
                              "bowel_round_core_ratio", "ureter_side_node_saddle",
-                             "ureter_urine_ratio", "bowel_nodule_ratio")
+                             "ureter_urine_ratio", "bowel_nodule_ratio", "ureter_gap_mm")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:

@@ -1099,6 +1099,7 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                            f"(>= {config.ureter_min_length_mm:g} mm, length / width >= "
                            f"{config.ureter_min_elongation:g}) between kidneys and bladder")
     taken = ok[lab] | on_path
+    taken |= _between_track_ends(lab, n, cnt, pet[zsl], taken, s, config)[lab]
     nodes = _side_nodes(taken, pet[zsl], s, config)
     nodes |= _above_urine(taken, pet[zsl], pet[bladder] if bladder is not None else None, s,
                           config)
@@ -1113,6 +1114,59 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
                        + (f"or lie within {config.ureter_path_mm:g} mm of the cheapest "
                           "kidney-to-bladder path on PET " if config.ureter_course else "")
                        + "(equivocal, domain.md 3.1)")
+
+
+def _between_track_ends(lab: NDArray[Any], n: int, count: NDArray[np.float64],
+                        pet: NDArray[np.float32], taken: NDArray[np.bool_], s: float,
+                        config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Short hot components in the gap between two stretches of one ureter (per component).
+
+    Where boluses are faint a ureter's track breaks off and goes on higher up; the pieces in
+    the gap are too short to be judged by shape and too few to form a chain. The tracks of
+    ``taken`` (26-connected, at least ``ureter_min_length_mm`` along z) are linked upper end
+    to lower end of the nearest track above when the gap is at most ``ureter_gap_mm`` along z
+    and the in-plane step at most ``ureter_chain_slope`` x the gap plus ``ureter_course_mm``
+    (the chain rule's link); a candidate of at most ``ureter_bolus_max_ml`` not yet taken
+    whose hottest voxel lies in the gap within ``ureter_path_mm`` of the straight line between
+    the two ends is ureter. A node beside the ureter peaks at its own centre, off the line by
+    its radius plus the ureter's.
+    """
+    out = np.zeros(n + 1, dtype=bool)
+    reach = config.ureter_gap_mm
+    if reach is None or n == 0 or not taken.any():
+        return out
+    cand = (count * s**3 / 1000.0 <= config.ureter_bolus_max_ml) & (count > 0)
+    cand[np.unique(lab[taken])] = False
+    cand[0] = False
+    if not cand.any():
+        return out
+    ids, peak = _component_peaks(lab, pet, cand[lab])
+    peak_mm = peak * s
+    tracks, m = cc3d.connected_components(taken, connectivity=26, return_N=True)
+    tops, bottoms = [], []
+    for box, t in zip(ndi.find_objects(tracks), range(1, m + 1), strict=True):
+        if box is None:
+            continue
+        pts = (np.argwhere(tracks[box] == t) + [b.start for b in box]) * s
+        z = pts[:, 0]
+        if z.max() - z.min() >= config.ureter_min_length_mm:
+            tops.append(pts[z == z.max()].mean(axis=0))
+            bottoms.append(pts[z == z.min()].mean(axis=0))
+    if len(tops) < 2:
+        return out
+    top, bottom = np.array(tops), np.array(bottoms)
+    dz = bottom[None, :, 0] - top[:, None, 0]  # [a, b]: gap from a's top up to b's bottom
+    dxy = np.hypot(bottom[None, :, 1] - top[:, None, 1], bottom[None, :, 2] - top[:, None, 2])
+    link = (dz > 0) & (dz <= reach) & (dxy <= config.ureter_chain_slope * dz
+                                       + config.ureter_course_mm)
+    for a in np.flatnonzero(link.any(axis=1)):
+        p0, p1 = top[a], bottom[int(np.argmin(np.where(link[a], dz[a], np.inf)))]
+        d = p1 - p0
+        f = (peak_mm - p0) @ d / float(d @ d)
+        gap = (peak_mm[:, 0] > p0[0]) & (peak_mm[:, 0] < p1[0])
+        dist = np.linalg.norm(peak_mm - (p0 + np.clip(f, 0.0, 1.0)[:, None] * d), axis=1)
+        out[ids[gap & (dist <= config.ureter_path_mm)]] = True
+    return out
 
 
 def _side_nodes(taken: NDArray[np.bool_], pet: NDArray[np.float32], s: float,

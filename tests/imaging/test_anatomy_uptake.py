@@ -546,6 +546,45 @@ def test_a_hot_nodule_alone_in_the_fat_of_a_loops_uptake_is_carved_out() -> None
         AnatomyConfig(bowel_nodule_ratio=0.0)
 
 
+def test_a_bolus_in_the_gap_between_two_stretches_of_a_ureter_is_ureter_a_node_beside_it_is_not(
+) -> None:
+    import cc3d
+
+    from imaging.anatomy.organs import _between_track_ends
+
+    # 3 mm grid: a ureter's track breaks off (slices 5-15 at y 20, x 20; slices 30-45 at
+    # y 14, x 23); in the gap a one-voxel-wide bolus on the straight line between the two
+    # ends, and a node of the same size 14 mm off that line; above the upper stretch another
+    # short piece on the ureter's line, which has no track beyond it to link to
+    shape = (60, 40, 40)
+    taken = np.zeros(shape, dtype=bool)
+    taken[5:16, 20, 20] = True
+    taken[30:46, 14, 23] = True
+    bolus = np.zeros(shape, dtype=bool)
+    bolus[22:24, 17, 21] = True  # line at z 22.5: y 17.6, x 21.3
+    node = np.zeros(shape, dtype=bool)
+    node[22:24, 17, 26] = True
+    beyond = np.zeros(shape, dtype=bool)
+    beyond[50:52, 14, 23] = True
+    pet = np.where(taken | bolus | node | beyond, 5.0, 0.5).astype(np.float32)
+    lab, n = cc3d.connected_components(taken | bolus | node | beyond, connectivity=26,
+                                       return_N=True)
+    count = np.bincount(lab.ravel(), minlength=n + 1).astype(np.float64)
+    cfg = AnatomyConfig()
+    out = _between_track_ends(lab, n, count, pet, taken, 3.0, cfg)
+    assert out[lab[22, 17, 21]]
+    assert not out[lab[22, 17, 26]]
+    assert not out[lab[50, 14, 23]]
+    assert not out[np.unique(lab[taken])].any()  # the tracks are taken already
+    # a gap longer than ureter_gap_mm (45 mm between the ends here) is not bridged
+    assert not _between_track_ends(lab, n, count, pet, taken, 3.0,
+                                   AnatomyConfig(ureter_gap_mm=30.0)).any()
+    assert not _between_track_ends(lab, n, count, pet, taken, 3.0,
+                                   AnatomyConfig(ureter_gap_mm=None)).any()
+    with pytest.raises(ConfigError, match="ureter_gap_mm"):
+        AnatomyConfig(ureter_gap_mm=-1.0)
+
+
 def _ureter_along_z(suv: float) -> tuple[np.ndarray, ...]:
     """A 60 x 30 x 30 grid (3 mm) of SUV 0.5 with a ureter of ``suv`` along z (radius 1 voxel,
     slices 5-54): the coordinates (z, y, x), the PET and the ureter's mask."""
