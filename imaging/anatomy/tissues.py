@@ -442,18 +442,6 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
                 notes["couch"] = "a couch-like component behind the patient was removed"
     body = main if np.count_nonzero(keep) == 1 else keep[labels]
     body = _dilate(body, (1, w, w)) & raw
-    # a wall thinner than the opening (a thin patient's chest wall, one or two voxels at
-    # 3 mm) does not survive it and the dilation above brings back only its ends: the ring
-    # around the lungs stays open and the slice's lungs fall outside the body. Where the
-    # largest piece's own component of the thresholded CT holds no other large piece (the
-    # couch, or anything else the opening cut off), that component is the patient, taken whole
-    raw_lab = cc3d.connected_components(raw, connectivity=6)
-    own = raw_lab.reshape(-1)[int(np.argmax(main.reshape(-1)))]  # main's first voxel
-    others = np.zeros(n + 1, dtype=bool)
-    others[candidates] = True
-    others[largest] = False
-    if not np.any(raw_lab[others[labels]] == own):
-        body |= raw_lab == own
     body = fill_holes(body, per_slice=True)
     # the rest lies inside the body: work on its box (full z, so scan edges stay edges)
     box = bbox(body, pad=2)
