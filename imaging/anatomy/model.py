@@ -215,7 +215,6 @@ class AnatomyConfig:
     ureter_side_node_saddle: float | None = 0.5
     ureter_side_node_max_ml: float = 2.0
     ureter_urine_ratio: float | None = 2.0
-    # short hot pieces continuing a ureter track beyond its end (None: off)
     # short hot pieces in the gap between two stretches of a ureter's track (None: off)
     ureter_gap_mm: float | None = 60.0
     # gallbladder (fluid-density sac against the liver's undersurface, from the CT alone)

@@ -828,7 +828,9 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     # foci much hotter than their loop stay out of the mask (a node against a loop)
     # the nodal-band focus rule stays bowel_fragment_kidney_mm away from the kidneys: a focus
     # in the band beside a kidney is as likely its renal pelvis or upper ureter under a loop
-    core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out & ~kidney_zone, s, config)
+    plateau = _loop_plateau(lab, n, ok, pet_c)  # shared by the loop-core and nodule rules
+    core = _loop_cores(lab, n, ok, pet_c, pet[zsl], keep_out & ~kidney_zone, s, config,
+                       plateau=plateau)
     if n:
         fatty = _fatty_loops(lab, n, ok & ~with_gas, avid, hu_c, config)
         core |= _nodules_in_fat(lab, fatty, hu_c, s, config)
@@ -837,7 +839,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             # spine and sacrum (para-aortic, presacral and perirectal stations) a node is as
             # likely as the halo; not further out, where the ureters run down to the bladder
             core |= fatty[lab] & spine_band
-        core |= _nodules_in_loops(lab, n, ok, t.body[zsl] & ~t.bone[zsl], hu_c, pet_c,
+        core |= _nodules_in_loops(lab, n, ok, t.body[zsl] & ~t.bone[zsl], hu_c, plateau,
                                   pet[zsl], s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
@@ -901,7 +903,7 @@ def _nodules_in_fat(lab: NDArray[Any], fatty: NDArray[np.bool_], hu_c: NDArray[n
 
 def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
                       tissue: NDArray[np.bool_], hu_c: NDArray[np.float32],
-                      pet_c: NDArray[np.float32], pet_raw: NDArray[np.float32], s: float,
+                      plateau: NDArray[np.float64], pet_raw: NDArray[np.float32], s: float,
                       config: AnatomyConfig) -> NDArray[np.bool_]:
     """Soft-tissue nodules alone in the fat inside a loop's uptake (kept out of the mask).
 
@@ -911,8 +913,8 @@ def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
     bone left out) is cut into pieces over the whole body (a loop stays one long piece with
     its continuation outside the component); a piece that lies inside the loops, is focal
     (at most ``bowel_core_max_ml``, not tubular, or round by its principal axes) and is
-    hotter than ``bowel_nodule_ratio`` x its loop's plateau is left out, with a one-voxel rim.
-    None turns the rule off.
+    hotter than ``bowel_nodule_ratio`` x its loop's plateau (``plateau``, per component of
+    ``lab``: :func:`_loop_plateau`) is left out, with a one-voxel rim. None turns the rule off.
     """
     out = np.zeros(lab.shape, dtype=bool)
     if config.bowel_nodule_ratio is None or n == 0 or not loops[1:].any():
@@ -929,7 +931,6 @@ def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
     if not small.any():
         return out
     cand = small[pieces]
-    plateau = _loop_plateau(lab, n, loops, pet_c)
     # each piece against the plateau of the loop it lies in (the highest, if it spans two)
     ref = np.zeros(m + 1)
     np.maximum.at(ref, pieces[cand], plateau[lab[cand]])
@@ -962,7 +963,8 @@ def _loop_plateau(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
 
 def _loop_cores(lab: NDArray[Any], n: int, loops: NDArray[np.bool_], pet_c: NDArray[np.float32],
                 pet_raw: NDArray[np.float32], keep_out: NDArray[np.bool_], s: float,
-                config: AnatomyConfig) -> NDArray[np.bool_]:
+                config: AnatomyConfig, *, plateau: NDArray[np.float64] | None = None
+                ) -> NDArray[np.bool_]:
     """Focal parts of the loops much hotter than their loop (kept out of the bowel mask).
 
     A node or metastasis against a loop joins the loop's component; its voxels above
@@ -972,13 +974,15 @@ def _loop_cores(lab: NDArray[Any], n: int, loops: NDArray[np.bool_], pet_c: NDAr
     streak) are left out, with a one-voxel rim. Optional, inside the nodal band ``keep_out``:
     voxels above ``bowel_band_peak_ratio`` x the loop's local mean over ``bowel_focus_max_mm``
     (at least three together, ``bowel_band_rim`` rim). Either ratio None turns its part off.
+    ``plateau``: the loops' plateaus when the caller has them (:func:`_loop_plateau`).
     """
     mask: NDArray[np.bool_] = np.asarray(loops[lab], dtype=bool)
     core: NDArray[np.bool_] = np.zeros_like(mask)
     if not mask.any():
         return core
     if config.bowel_peak_ratio is not None:
-        plateau = _loop_plateau(lab, n, loops, pet_c)
+        if plateau is None:
+            plateau = _loop_plateau(lab, n, loops, pet_c)
         level = np.maximum(plateau[lab[mask]], config.bowel_suv)
         hot = np.zeros_like(mask)
         hot[mask] = pet_raw[mask] > config.bowel_peak_ratio * level

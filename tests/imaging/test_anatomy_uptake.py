@@ -507,7 +507,7 @@ def test_a_soft_tissue_nodule_in_a_fatty_halo_loop_is_carved_out_a_ureter_crossi
 def test_a_hot_nodule_alone_in_the_fat_of_a_loops_uptake_is_carved_out() -> None:
     import cc3d
 
-    from imaging.anatomy.organs import _nodules_in_loops
+    from imaging.anatomy.organs import _loop_plateau, _nodules_in_loops
 
     # 3 mm grid: a loop of bowel (24 HU tube, radius 2 voxels, along x through the whole box)
     # in fat (-90 HU), its uptake (SUV 4) spread into the fat around it; a round soft-tissue
@@ -533,7 +533,8 @@ def test_a_hot_nodule_alone_in_the_fat_of_a_loops_uptake_is_carved_out() -> None
     cfg = AnatomyConfig()
 
     def carve(pet: np.ndarray, cfg: AnatomyConfig) -> np.ndarray:
-        return _nodules_in_loops(lab, n, loops, tissue, hu, pet, pet, 3.0, cfg)
+        return _nodules_in_loops(lab, n, loops, tissue, hu, _loop_plateau(lab, n, loops, pet),
+                                 pet, 3.0, cfg)
 
     carved = carve(pet, cfg)
     assert carved[node].all()
