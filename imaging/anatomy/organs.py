@@ -571,12 +571,16 @@ def _lacrimal(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid,
     xs, ys = grid.x_mm(), grid.y_mm()
     x_mid = float((xs[cols]).mean())
     # the head's front and back along its own midline: what the orbit-level slab holds off
-    # the midline (a prone patient's shoulders and arms, padding) must not move them
+    # the midline (a prone patient's shoulders and arms, padding) must not move them, nor
+    # what lies on the midline apart from the head (the couch shell under a prone face): the
+    # longest unbroken run of body rows is the head
     strip = np.abs(xs - x_mid) <= config.lacrimal_lateral_mm[0]
     rows = body[:, :, strip].any(axis=(0, 2))
     if not rows.any():
         return OrganResult(None, 0.0, "no body on the head's midline at orbit level")
-    y_front, y_back = float(ys[rows].min()), float(ys[rows].max())
+    runs, n_runs = ndi.label(rows)
+    head = runs == 1 + int(np.argmax(np.bincount(runs)[1:])) if n_runs > 1 else rows
+    y_front, y_back = float(ys[head].min()), float(ys[head].max())
     lat = np.abs(xs - x_mid)[None, None, :]
     ant = ys[None, :, None] <= y_front + config.lacrimal_anterior_fraction * (y_back - y_front)
     hot = ((pet[zsl] >= config.lacrimal_suv) & body & ant
@@ -1502,14 +1506,17 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
 
     Urine moves down the ureter in boluses, so the tracer fills it in pieces: the long pieces
     are found by their shape, the short ones (a few voxels) look like small nodes one by one,
-    but together they trace the ureter's course. Two candidates on the same side are linked
+    but together they trace the ureter's course. Two points on the same side are linked
     when they are 1 voxel to ``ureter_chain_step_mm`` apart in z and their in-plane offset is
     at most ``ureter_chain_slope x`` that gap plus ``ureter_course_mm`` (a ureter runs down,
     turning forwards no faster than 45 degrees into the pelvis); a
-    linked chain of at least three pieces spanning ``ureter_min_length_mm`` or more marks its
-    pieces of at most ``ureter_bolus_max_ml`` as ureter. A node has no such chain (unless it
-    lies on one). ``centre`` holds the candidates' centres in mm of the cropped grid
-    (z, y, x order).
+    linked chain of at least three components spanning ``ureter_min_length_mm`` or more marks
+    its pieces of at most ``ureter_bolus_max_ml`` as ureter, unless they lie off the course
+    their neighbours trace (:func:`_off_course`). A short piece is one point (its centre); a
+    track already found by its shape (``tracks``) is the centre of each of its slices, so a
+    piece is judged against where the track actually runs at the nearest level, not against
+    the track's middle, which may lie far off in z. A node has no such chain (unless it lies
+    on one). ``centre`` holds the candidates' centres in mm of the cropped grid (z, y, x).
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
@@ -1519,29 +1526,56 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     cx = float(grid.x_mm()[0]) + centre[:, 2]
     small = count * s**3 / 1000.0 <= config.ureter_bolus_max_ml
     for sign in (1.0, -1.0):
-        ids = np.flatnonzero((sign * (cx - x_mid) > 0) & (small | tracks) & (count > 0))
-        ids = ids[ids > 0]
-        if ids.size < 3:
+        on_side = (sign * (cx - x_mid) > 0) & (count > 0)
+        on_side[0] = False
+        pieces = np.flatnonzero(on_side & small & ~tracks)
+        track_ids = np.flatnonzero(on_side & tracks)
+        if pieces.size + track_ids.size < 3 or pieces.size == 0:
             continue
-        c = centre[ids]
+        track_pts, track_owner = _slice_centres(lab, track_ids, s)
+        c = np.concatenate([centre[pieces], track_pts])
+        owner = np.concatenate([pieces, track_owner])
         dz = np.abs(c[:, None, 0] - c[None, :, 0])
         dxy = np.hypot(c[:, None, 1] - c[None, :, 1], c[:, None, 2] - c[None, :, 2])
         link = (dz >= s * 0.99) & (dz <= config.ureter_chain_step_mm) & (
             dxy <= config.ureter_chain_slope * dz + config.ureter_course_mm)
+        link |= owner[:, None] == owner[None, :]
         k, member = connected_components(csr_matrix(link), directed=False)
-        z = centre[ids, 0]
         top, bottom = np.full(k, -np.inf), np.full(k, np.inf)
-        np.maximum.at(top, member, z)
-        np.minimum.at(bottom, member, z)
-        chain = (np.bincount(member, minlength=k) >= 3) & (
-            top - bottom >= config.ureter_min_length_mm)
-        take = ids[chain[member] & small[ids]]
-        out[take[~_off_course(centre[take], config)]] = True
+        np.maximum.at(top, member, c[:, 0])
+        np.minimum.at(bottom, member, c[:, 0])
+        comps = np.zeros(k, dtype=np.int64)  # distinct components per chain
+        first = np.unique(np.stack([member, owner], axis=1), axis=0)[:, 0]
+        np.add.at(comps, first, 1)
+        chain = (comps >= 3) & (top - bottom >= config.ureter_min_length_mm)
+        in_chain = np.flatnonzero(chain[member])
+        is_piece = in_chain < pieces.size
+        off = _off_course(c[in_chain], config, fixed=~is_piece)
+        out[owner[in_chain[is_piece & ~off]]] = True
     out[0] = False
     return out
 
 
-def _off_course(c: NDArray[np.float64], config: AnatomyConfig) -> NDArray[np.bool_]:
+def _slice_centres(lab: NDArray[Any], ids: NDArray[np.intp], s: float
+                   ) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
+    """Centre (z, y, x mm) of every axial slice of the components ``ids``, and their owner."""
+    boxes = ndi.find_objects(lab)
+    pts, owners = [np.empty((0, 3))], [np.empty(0, dtype=np.intp)]
+    for t in ids:
+        box = boxes[t - 1]
+        if box is None:
+            continue
+        vox = np.argwhere(lab[box] == t) + [b.start for b in box]
+        levels, inv = np.unique(vox[:, 0], return_inverse=True)
+        per = np.bincount(inv).astype(np.float64)
+        yx = np.stack([np.bincount(inv, vox[:, a]) for a in (1, 2)], axis=1) / per[:, None]
+        pts.append(np.column_stack([levels, yx]) * s)
+        owners.append(np.full(levels.size, t, dtype=np.intp))
+    return np.concatenate(pts), np.concatenate(owners)
+
+
+def _off_course(c: NDArray[np.float64], config: AnatomyConfig,
+                fixed: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
     """Chain pieces (centres ``c``, mm, z y x) lying off the course their neighbours trace.
 
     A bolus lies on the ureter between the pieces just above and below it; a node that a loose
@@ -1550,13 +1584,14 @@ def _off_course(c: NDArray[np.float64], config: AnatomyConfig) -> NDArray[np.boo
     the course when its in-plane distance from the straight line between them exceeds
     ``ureter_course_mm`` + ``ureter_chain_slope`` x the smaller z gap. The worst piece is
     dropped first and the rest judged again without it, so a node does not pull its neighbours
-    off the line.
+    off the line. Points marked ``fixed`` (a track's slices) are neighbours but never judged.
     """
     off = np.zeros(len(c), dtype=bool)
+    judged = np.ones(len(c), dtype=bool) if fixed is None else ~fixed
     while True:
         worst, worst_ratio = -1, 1.0
         alive = np.flatnonzero(~off)
-        for i in alive:
+        for i in alive[judged[alive]]:
             dz = c[alive, 0] - c[i, 0]
             above, below = alive[dz > 0.5], alive[dz < -0.5]
             if above.size == 0 or below.size == 0:

@@ -78,11 +78,15 @@ def test_lacrimal_glands_cover_their_uptake(psma11, psma1007) -> None:  # type: 
 
 
 @pytest.mark.slow
-def test_lacrimal_glands_of_a_prone_patient_are_found_on_the_heads_own_midline() -> None:
+@pytest.mark.parametrize(("seed", "tracer"), [(6028, "psma1007"), (9008, "psma11")])
+def test_lacrimal_glands_of_a_prone_patient_are_found_on_the_heads_own_midline(
+        seed: int, tracer: str) -> None:
     """Prone (HFP): off the head's midline the body in the orbit-level slab spans 290 mm front
     to back, so "the front 40 % of the head" must be measured along the head's own midline, or
-    the glands fall outside it."""
-    patient = generate_patient(6028, size="small", tracer="psma1007", orientation="HFP",
+    the glands fall outside it (6028). On that midline the couch shell under the face, 100 mm
+    in front of it, is body too: the head is the longest unbroken run of body rows, or its
+    front 40 % reaches only 20 mm into the face (9008: both glands staged as nodes)."""
+    patient = generate_patient(seed, size="small", tracer=tracer, orientation="HFP",
                                stage="T0N0M0")
     anatomy = label_anatomy(patient.ct, pet=patient.pet_suv)
     hot = _hot(patient, A.LACRIMAL_GLANDS, 0.6)
@@ -282,6 +286,33 @@ def test_a_chain_piece_off_the_line_of_its_neighbours_is_not_a_bolus() -> None:
     assert not _off_course(np.array(course), cfg).any()
     far = np.array([(0.0, 90.0, 280.0), (195.0, 60.0, 320.0), (200.0, 90.0, 280.0)])
     assert not _off_course(far, cfg).any()
+
+
+def test_a_chain_piece_is_judged_against_where_a_track_runs_not_the_tracks_middle() -> None:
+    import cc3d
+
+    from imaging.anatomy.grid import WorkGrid
+    from imaging.anatomy.organs import _on_ureter_course, _principal_axes
+
+    # 3 mm grid, left side (x > 0): a ureter track from z 0 to 57 mm, another from 90 to
+    # 237 mm, a 1-voxel bolus at 72 mm on their line and a 1-voxel node at 75 mm, 24 mm in
+    # front of it (PHANTOM-9018: an external-iliac node taken as a bolus). The tracks' middles
+    # lie 44 and 90 mm away in z, too far to trace a line between; their slices do not
+    shape = (80, 40, 40)
+    grid = WorkGrid(shape=shape, spacing_mm=3.0, origin_mm=(-60.0, -60.0, 0.0))
+    hot = np.zeros(shape, dtype=bool)
+    hot[0:20, 20, 35] = True
+    hot[30:80, 20, 35] = True
+    hot[24, 20, 35] = True  # bolus
+    hot[25, 12, 35] = True  # node
+    lab, n = cc3d.connected_components(hot, connectivity=26, return_N=True)
+    count, centre, length, _ = _principal_axes(lab, n, 3.0)
+    tracks = length >= 20.0
+    tracks[0] = False
+    taken = _on_ureter_course(lab, n, count, centre, tracks, grid, 0.0, AnatomyConfig())
+    assert taken[lab[24, 20, 35]]
+    assert not taken[lab[25, 12, 35]]
+    assert not taken[tracks].any()  # the tracks are ureter by their shape already
 
 
 def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
