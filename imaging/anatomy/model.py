@@ -213,7 +213,7 @@ class AnatomyConfig:
     ureter_course_max_ml: float = 2.0
     ureter_course_floor_suv: float = 0.05
     ureter_side_node_saddle: float | None = 0.5
-    ureter_side_node_max_ml: float = 2.0
+    ureter_side_node_max_ml: float = 6.0
     ureter_urine_ratio: float | None = 2.0
     # short hot pieces in the gap between two stretches of a ureter's track (None: off)
     ureter_gap_mm: float | None = 60.0

@@ -626,6 +626,7 @@ def _ureter_along_z(suv: float) -> tuple[np.ndarray, ...]:
     pet[tube] = suv
     return zz, yy, xx, pet, tube
 
+
 def test_a_node_hanging_off_a_ureter_track_is_carved_out_its_boluses_are_not() -> None:
     from imaging.anatomy.organs import _side_nodes
 
@@ -650,6 +651,27 @@ def test_a_node_hanging_off_a_ureter_track_is_carved_out_its_boluses_are_not() -
     assert not _side_nodes(taken, pet, 3.0, cfg)[node].any()
     pet[bridge] = 3.0
     assert not _side_nodes(taken, pet, 3.0, AnatomyConfig(ureter_side_node_saddle=None)).any()
+
+
+def test_a_round_node_of_3_ml_on_a_ureter_track_is_carved_out() -> None:
+    from imaging.anatomy.organs import _side_nodes
+
+    # a node of radius 9 mm (3 mL, 18 mm across) beside a ureter of SUV 5, joined by a faint
+    # bridge: round and far wider than any ureter, so no bolus (PHANTOM-9013: a 3.7 mL
+    # retroperitoneal node of SUV 27 was left in the ureter mask at the former 2 mL limit)
+    zz, yy, xx = np.mgrid[:120, :30, :30].astype(np.float32)
+    pet = np.full(zz.shape, 0.5, dtype=np.float32)
+    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 115)
+    pet[tube] = 5.0
+    node = np.sqrt((zz - 35) ** 2 + (yy - 15) ** 2 + (xx - 19) ** 2) <= 3.0
+    pet[node] = 10.0
+    bridge = (zz == 35) & (yy == 15) & (xx > 10) & (xx < 16)
+    pet[bridge] = 3.0
+    taken = tube | node | bridge
+    assert 2.0 < node.sum() * 0.027 < 6.0
+    assert _side_nodes(taken, pet, 3.0, AnatomyConfig())[node].all()
+    assert not _side_nodes(taken, pet, 3.0, AnatomyConfig())[tube].any()
+    assert not _side_nodes(taken, pet, 3.0, AnatomyConfig(ureter_side_node_max_ml=2.0)).any()
 
 
 def test_a_focus_on_the_ureter_course_hotter_than_urine_can_be_is_carved_out() -> None:
