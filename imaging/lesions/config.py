@@ -50,7 +50,11 @@ _DEFAULT_ADAPTIVE: tuple[AnatomyLabel, ...] = (
 _DEFAULT_EQUIVOCAL_TOUCH: tuple[AnatomyLabel, ...] = (
     AnatomyLabel.URINARY_BLADDER,
     AnatomyLabel.URETERS,
+    AnatomyLabel.KIDNEYS,
 )
+# the urine-filled organs, whose exclusion margin is equivocal_margin_mm when they are in
+# equivocal_touch: a lesion abutting them keeps its voxels
+_URINE_SPACES = (AnatomyLabel.URINARY_BLADDER, AnatomyLabel.URETERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,10 +193,12 @@ class LesionConfig:
     spill_prominence_suv : float
         Prominence (SUV) a maximum needs to count as a focus of its own next to an organ [D].
     equivocal_touch : tuple of AnatomyLabel
-        Lesions within ``equivocal_touch_mm`` of these masks are kept and flagged equivocal
-        .
+        Lesions within ``equivocal_touch_mm`` of these organs' excluded zones (mask plus
+        margin) are kept and flagged equivocal: the bladder and ureters (urine) and the
+        kidneys (a focus against a kidney may be its renal pelvis or the first centimetres of
+        the ureter, which leave the kidney where no ureter track is seen yet) [D].
     equivocal_touch_mm : float
-        Distance (mm) from the mask that counts as touching (5 mm: the adjacent PET voxels) [D].
+        Distance (mm) from the zone that counts as touching (5 mm: the adjacent PET voxels) [D].
     equivocal_hotter_ratio : float or None
         A lesion touching an ``equivocal_touch`` organ is not equivocal when its SUVmax exceeds
         this many times the organ's urine activity (the 99th percentile of SUV in the organ's
@@ -200,9 +206,10 @@ class LesionConfig:
         an [18F]PSMA-1007 ureter of SUV 5 is a node. ``None``: every touching lesion is
         equivocal [D].
     equivocal_margin_mm : float
-        Exclusion margin of the ``equivocal_touch`` organs (bladder, ureters) when they are also
-        hard-excluded: 0, so that a lesion abutting the bladder keeps its voxels and is reported
-        as equivocal rather than cut away [D].
+        Exclusion margin of the urine spaces among the ``equivocal_touch`` organs (bladder,
+        ureters) when they are also hard-excluded: 0, so that a lesion abutting the bladder
+        keeps its voxels and is reported as equivocal rather than cut away. The kidneys keep
+        ``exclusion_margin_mm`` (their spill is cut away as before) [D].
     ganglion_max_suv, ganglion_max_volume_ml, ganglion_bone_distance_mm : float
         A soft-tissue focus with SUVmax below ``ganglion_max_suv``, smaller than
         ``ganglion_max_volume_ml`` and within ``ganglion_bone_distance_mm`` of the vertebral
@@ -380,7 +387,7 @@ class LesionConfig:
 
     def margin_mm(self, organ: AnatomyLabel) -> float:
         """Exclusion margin of a hard-excluded organ."""
-        if organ in self.equivocal_touch:
+        if organ in self.equivocal_touch and organ in _URINE_SPACES:
             return self.equivocal_margin_mm
         return self.exclusion_margin_mm
 

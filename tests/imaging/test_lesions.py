@@ -370,6 +370,26 @@ def test_lesion_next_to_the_bladder_is_kept_but_equivocal() -> None:
     assert result.thresholds["spill_scale:urinary_bladder"] == pytest.approx(60.0, rel=0.15)
 
 
+def test_a_focus_against_a_kidney_is_kept_but_equivocal() -> None:
+    """A focus against a kidney may be its renal pelvis or the first centimetres of the ureter,
+    which leave the kidney before any ureter track is seen (PHANTOM-8017, -10050: staged as
+    retroperitoneal nodes in negative patients). A focus clear of the kidney is not."""
+    arr, masks = _patient()
+    touching = ((110.0, 160.0, 97.0), 6.0, 14.0)  # its edge 3 mm from the kidney mask
+    clear = ((110.0, 160.0, 118.0), 6.0, 14.0)  # 24 mm from it
+    result = find_lesions(_suv(_with_lesions(arr, [touching, clear])), anatomy=masks)
+    assert result.lesion_count == 2
+    by_x = sorted(result.lesions, key=lambda les: les.centroid_mm[0])
+    assert by_x[0].equivocal
+    assert "kidneys" in str(by_x[0].equivocal_reason)
+    assert not by_x[1].equivocal
+    assert not (result.labels.array > 0)[masks[A.KIDNEYS]].any()  # the kidney stays excluded
+    urine_only = LesionConfig(equivocal_touch=(A.URINARY_BLADDER, A.URETERS))
+    before = find_lesions(_suv(_with_lesions(arr, [touching, clear])), anatomy=masks,
+                          config=urine_only)
+    assert not any(les.equivocal for les in before.lesions)
+
+
 @pytest.mark.parametrize(("suv", "ratio", "equivocal"),
                          [(40.0, 2.0, False), (10.0, 2.0, True), (40.0, None, True)])
 def test_a_lesion_far_hotter_than_the_urine_it_touches_is_not_equivocal(
