@@ -1506,17 +1506,17 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
 
     Urine moves down the ureter in boluses, so the tracer fills it in pieces: the long pieces
     are found by their shape, the short ones (a few voxels) look like small nodes one by one,
-    but together they trace the ureter's course. Two points on the same side are linked
+    but together they trace the ureter's course. Two pieces on the same side are linked
     when they are 1 voxel to ``ureter_chain_step_mm`` apart in z and their in-plane offset is
     at most ``ureter_chain_slope x`` that gap plus ``ureter_course_mm`` (a ureter runs down,
     turning forwards no faster than 45 degrees into the pelvis); a
-    linked chain of at least three components spanning ``ureter_min_length_mm`` or more marks
-    its pieces of at most ``ureter_bolus_max_ml`` as ureter, unless they lie off the course
-    their neighbours trace (:func:`_off_course`). A short piece is one point (its centre); a
-    track already found by its shape (``tracks``) is the centre of each of its slices, so a
-    piece is judged against where the track actually runs at the nearest level, not against
-    the track's middle, which may lie far off in z. A node has no such chain (unless it lies
-    on one). ``centre`` holds the candidates' centres in mm of the cropped grid (z, y, x).
+    linked chain of at least three pieces (centres) spanning ``ureter_min_length_mm`` or more
+    marks its pieces of at most ``ureter_bolus_max_ml`` as ureter, unless they lie off the
+    course their neighbours trace (:func:`_off_course`). There a track already found by its
+    shape (``tracks``) on that side is the centre of each of its slices, so a piece is judged
+    against where the track actually runs at the nearest level, not against the track's
+    middle, which may lie far off in z. A node has no such chain (unless it lies on one).
+    ``centre`` holds the candidates' centres in mm of the cropped grid (z, y, x).
     """
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
@@ -1526,32 +1526,31 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     cx = float(grid.x_mm()[0]) + centre[:, 2]
     small = count * s**3 / 1000.0 <= config.ureter_bolus_max_ml
     for sign in (1.0, -1.0):
-        on_side = (sign * (cx - x_mid) > 0) & (count > 0)
-        on_side[0] = False
-        pieces = np.flatnonzero(on_side & small & ~tracks)
-        track_ids = np.flatnonzero(on_side & tracks)
-        if pieces.size + track_ids.size < 3 or pieces.size == 0:
+        ids = np.flatnonzero((sign * (cx - x_mid) > 0) & (small | tracks) & (count > 0))
+        ids = ids[ids > 0]
+        if ids.size < 3:
             continue
-        track_pts, track_owner = _slice_centres(lab, track_ids, s)
-        c = np.concatenate([centre[pieces], track_pts])
-        owner = np.concatenate([pieces, track_owner])
+        c = centre[ids]
         dz = np.abs(c[:, None, 0] - c[None, :, 0])
         dxy = np.hypot(c[:, None, 1] - c[None, :, 1], c[:, None, 2] - c[None, :, 2])
         link = (dz >= s * 0.99) & (dz <= config.ureter_chain_step_mm) & (
             dxy <= config.ureter_chain_slope * dz + config.ureter_course_mm)
-        link |= owner[:, None] == owner[None, :]
         k, member = connected_components(csr_matrix(link), directed=False)
+        z = centre[ids, 0]
         top, bottom = np.full(k, -np.inf), np.full(k, np.inf)
-        np.maximum.at(top, member, c[:, 0])
-        np.minimum.at(bottom, member, c[:, 0])
-        comps = np.zeros(k, dtype=np.int64)  # distinct components per chain
-        first = np.unique(np.stack([member, owner], axis=1), axis=0)[:, 0]
-        np.add.at(comps, first, 1)
-        chain = (comps >= 3) & (top - bottom >= config.ureter_min_length_mm)
-        in_chain = np.flatnonzero(chain[member])
-        is_piece = in_chain < pieces.size
-        off = _off_course(c[in_chain], config, fixed=~is_piece)
-        out[owner[in_chain[is_piece & ~off]]] = True
+        np.maximum.at(top, member, z)
+        np.minimum.at(bottom, member, z)
+        chain = (np.bincount(member, minlength=k) >= 3) & (
+            top - bottom >= config.ureter_min_length_mm)
+        take = ids[chain[member] & small[ids] & ~tracks[ids]]
+        if take.size == 0:
+            continue
+        # judged against the other chain pieces and every slice of the side's tracks
+        track_pts, _ = _slice_centres(lab, ids[tracks[ids]], s)
+        pts = np.concatenate([centre[take], track_pts])
+        judged = np.arange(len(pts)) < take.size
+        off = _off_course(pts, config, fixed=~judged)
+        out[take[~off[: take.size]]] = True
     out[0] = False
     return out
 
