@@ -1546,7 +1546,7 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
         if take.size == 0:
             continue
         # judged against the other chain pieces and every slice of the side's tracks
-        track_pts, _ = _slice_centres(lab, ids[tracks[ids]], s)
+        track_pts = _slice_centres(lab, ids[tracks[ids]], s)
         pts = np.concatenate([centre[take], track_pts])
         judged = np.arange(len(pts)) < take.size
         off = _off_course(pts, config, fixed=~judged)
@@ -1555,11 +1555,10 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     return out
 
 
-def _slice_centres(lab: NDArray[Any], ids: NDArray[np.intp], s: float
-                   ) -> tuple[NDArray[np.float64], NDArray[np.intp]]:
-    """Centre (z, y, x mm) of every axial slice of the components ``ids``, and their owner."""
+def _slice_centres(lab: NDArray[Any], ids: NDArray[np.intp], s: float) -> NDArray[np.float64]:
+    """Centre (z, y, x mm) of every axial slice of the components ``ids``."""
     boxes = ndi.find_objects(lab)
-    pts, owners = [np.empty((0, 3))], [np.empty(0, dtype=np.intp)]
+    pts = [np.empty((0, 3))]
     for t in ids:
         box = boxes[t - 1]
         if box is None:
@@ -1569,8 +1568,7 @@ def _slice_centres(lab: NDArray[Any], ids: NDArray[np.intp], s: float
         per = np.bincount(inv).astype(np.float64)
         yx = np.stack([np.bincount(inv, vox[:, a]) for a in (1, 2)], axis=1) / per[:, None]
         pts.append(np.column_stack([levels, yx]) * s)
-        owners.append(np.full(levels.size, t, dtype=np.intp))
-    return np.concatenate(pts), np.concatenate(owners)
+    return np.concatenate(pts)
 
 
 def _off_course(c: NDArray[np.float64], config: AnatomyConfig,
