@@ -617,12 +617,13 @@ def test_a_bolus_in_the_gap_between_two_stretches_of_a_ureter_is_ureter_a_node_b
         AnatomyConfig(ureter_gap_mm=-1.0)
 
 
-def _ureter_along_z(suv: float) -> tuple[np.ndarray, ...]:
-    """A 60 x 30 x 30 grid (3 mm) of SUV 0.5 with a ureter of ``suv`` along z (radius 1 voxel,
-    slices 5-54): the coordinates (z, y, x), the PET and the ureter's mask."""
-    zz, yy, xx = np.mgrid[:60, :30, :30].astype(np.float32)
+def _ureter_along_z(suv: float, slices: int = 60) -> tuple[np.ndarray, ...]:
+    """A ``slices`` x 30 x 30 grid (3 mm) of SUV 0.5 with a ureter of ``suv`` along z (radius
+    1 voxel, from slice 5 to 5 short of the end): the coordinates (z, y, x), the PET and the
+    ureter's mask."""
+    zz, yy, xx = np.mgrid[:slices, :30, :30].astype(np.float32)
     pet = np.full(zz.shape, 0.5, dtype=np.float32)
-    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 55)
+    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < slices - 5)
     pet[tube] = suv
     return zz, yy, xx, pet, tube
 
@@ -659,10 +660,7 @@ def test_a_round_node_of_3_ml_on_a_ureter_track_is_carved_out() -> None:
     # a node of radius 9 mm (3 mL, 18 mm across) beside a ureter of SUV 5, joined by a faint
     # bridge: round and far wider than any ureter, so no bolus (PHANTOM-9013: a 3.7 mL
     # retroperitoneal node of SUV 27 was left in the ureter mask at the former 2 mL limit)
-    zz, yy, xx = np.mgrid[:120, :30, :30].astype(np.float32)
-    pet = np.full(zz.shape, 0.5, dtype=np.float32)
-    tube = (np.hypot(yy - 15, xx - 10) <= 1.0) & (zz >= 5) & (zz < 115)
-    pet[tube] = 5.0
+    zz, yy, xx, pet, tube = _ureter_along_z(5.0, slices=120)  # long: the node < 1/4 of it
     node = np.sqrt((zz - 35) ** 2 + (yy - 15) ** 2 + (xx - 19) ** 2) <= 3.0
     pet[node] = 10.0
     bridge = (zz == 35) & (yy == 15) & (xx > 10) & (xx < 16)
