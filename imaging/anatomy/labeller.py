@@ -14,6 +14,7 @@ from imaging.anatomy.grid import (
     WorkGrid,
     crop_to_content,
     make_work_grid,
+    peak_for,
     resample_image,
     resample_onto,
     shrink_for,
@@ -83,7 +84,7 @@ def label_anatomy(ct: Volume, *, pet: Volume | None = None, reference: Volume | 
     grid = crop_to_content(grid, ct_img, above=config.body_hu)
     hu = resample_image(ct_img, grid, fill=-1024.0)
     del ct_img
-    tissues = segment_tissues(hu, grid.spacing_mm, config=config)
+    tissues = segment_tissues(hu, grid.spacing_mm, config=config, peak_hu=peak_for(ct, grid))
     if not tissues.body.any():
         raise AnatomyError(
             f"No body found in the CT (no voxel above {config.body_hu:g} HU in a component of "

@@ -101,6 +101,9 @@ class AnatomyConfig:
     bone_edge_soft_hu: float = 40.0
     bone_min_ml: float = 5.0
     bone_min_peak_hu: float = 300.0
+    # ... or this at the CT's own resolution, when finer than the working grid (a thin rib's
+    # cortex, 600 HU at 1 mm, stays below 300 HU at 3 mm; venous contrast reaches ~460 HU)
+    bone_min_native_peak_hu: float = 550.0
     # contrast-filled lumina kept out of bone (arterial-phase blood against the spine)
     lumen_max_hu: float = 450.0
     lumen_core_mm: tuple[float, float] = (9.0, 15.0)
@@ -281,6 +284,7 @@ class AnatomyConfig:
                 f"{self.working_spacing_mm}."
             )
         positive = ("bowel_fragment_ml", "bowel_fragment_kidney_mm", "ureter_hilum_mm",
+                    "bone_min_native_peak_hu",
                     "lumen_max_hu", "lumen_min_length_mm", "fine_bone_hu",
                     "fine_marrow_bridge_mm", "fine_marrow_window_mm",
                     "ureter_course_floor_suv", "ureter_course_max_ml",

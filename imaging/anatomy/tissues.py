@@ -391,7 +391,8 @@ def contrast_lumina(hu: NDArray[np.float32], candidates: NDArray[np.bool_], spac
 
 
 def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
-                    config: AnatomyConfig) -> Tissues:
+                    config: AnatomyConfig,
+                    peak_hu: NDArray[np.float32] | None = None) -> Tissues:
     """Body, lungs, bone and metal from a working-grid CT (HU).
 
     Parameters
@@ -402,6 +403,11 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
         Isotropic working spacing.
     config : AnatomyConfig
         Thresholds (see its fields).
+    peak_hu : ndarray, shape (Z, Y, X), optional
+        The CT's brightest voxel at its own resolution around each working voxel
+        (:func:`imaging.anatomy.grid.peak_for`), for a CT finer than the working grid: a bone
+        piece whose working-grid peak stays below ``bone_min_peak_hu`` is bone still when it
+        reaches ``bone_min_native_peak_hu`` here.
     """
     notes: dict[str, str] = {}
     voxel_ml = spacing_mm**3 / 1000.0
@@ -447,8 +453,9 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
     box = bbox(body, pad=2)
     assert box is not None  # the largest component is kept
     box = (slice(0, body.shape[0]), box[1], box[2])
-    metal_b, bone_b, lungs_b = _inside_body(np.ascontiguousarray(hu[box]), body[box],
-                                            spacing_mm, config, notes)
+    metal_b, bone_b, lungs_b = _inside_body(
+        np.ascontiguousarray(hu[box]), body[box], spacing_mm, config, notes,
+        peak_hu=None if peak_hu is None else np.ascontiguousarray(peak_hu[box]))
     metal = np.zeros(body.shape, dtype=bool)
     bone = np.zeros(body.shape, dtype=bool)
     lungs = np.zeros(body.shape, dtype=bool)
@@ -457,7 +464,8 @@ def segment_tissues(hu: NDArray[np.float32], spacing_mm: float, *,
 
 
 def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: float,
-                 config: AnatomyConfig, notes: dict[str, str],
+                 config: AnatomyConfig, notes: dict[str, str], *,
+                 peak_hu: NDArray[np.float32] | None = None,
                  ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
     """Metal, bone and lungs inside ``body`` (arrays on the body's box)."""
     voxel_ml = spacing_mm**3 / 1000.0
@@ -507,6 +515,11 @@ def _inside_body(hu: NDArray[np.float32], body: NDArray[np.bool_], spacing_mm: f
         bsz = np.bincount(blab.ravel())
         peaked = np.zeros(bn + 1, dtype=bool)
         peaked[np.unique(blab[hu >= config.bone_min_peak_hu])] = True
+        if peak_hu is not None:
+            # a thin cortex (a rib's) averaged onto the working grid loses its density: judged
+            # at the CT's own resolution too, against a level contrast-filled vessels and
+            # organs do not reach there
+            peaked[np.unique(blab[peak_hu >= config.bone_min_native_peak_hu])] = True
         # pieces cut by the first or last slice of the scan are judged as if whole
         cut = np.zeros(bn + 1, dtype=bool)
         cut[np.unique(blab[[0, -1]])] = True
