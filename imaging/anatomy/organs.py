@@ -225,10 +225,6 @@ def _find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Ti
         m = out[lab].mask
         if m is not None:
             blocked |= m
-    out[AnatomyLabel.GALLBLADDER] = _gallbladder(hu, t, grid, out[AnatomyLabel.LIVER].mask,
-                                                 blocked, config)
-    if out[AnatomyLabel.GALLBLADDER].mask is not None:
-        blocked |= out[AnatomyLabel.GALLBLADDER].mask
     # ureters before the bowel: a ureter running beside a loop would join the loop's component
     # and be hidden as bowel; as a ureter it makes a touching lesion equivocal instead
     out[AnatomyLabel.URETERS] = _ureters(pet, t, grid, frame, out[AnatomyLabel.KIDNEYS].mask,
@@ -237,6 +233,14 @@ def _find_organs(hu: NDArray[np.float32], pet: NDArray[np.float32] | None, t: Ti
         blocked |= out[AnatomyLabel.URETERS].mask
     out[AnatomyLabel.BOWEL] = _bowel(hu, pet, t, grid, frame, spine, blocked,
                                      out[AnatomyLabel.KIDNEYS].mask, config)
+    # the gallbladder after the bowel, and never in a loop: fluid-filled small bowel against
+    # the liver has the bile's CT density too (PHANTOM-8043 of the staging cohorts: a 26 mL
+    # "gallbladder" on small bowel kept the loop out of the bowel mask, and its hottest part
+    # was staged as a retroperitoneal node)
+    if out[AnatomyLabel.BOWEL].mask is not None:
+        blocked |= out[AnatomyLabel.BOWEL].mask
+    out[AnatomyLabel.GALLBLADDER] = _gallbladder(hu, t, grid, out[AnatomyLabel.LIVER].mask,
+                                                 blocked, config)
     return out
 
 

@@ -160,6 +160,35 @@ def test_gallbladder_is_found_from_the_ct_for_any_tracer(psma11, psma1007) -> No
         assert np.count_nonzero(mask & liver) <= 0.02 * liver.sum()
 
 
+@pytest.mark.slow
+def test_fluid_filled_small_bowel_against_the_liver_is_bowel_not_gallbladder() -> None:
+    """Small bowel full of fluid has the bile's CT density: against the liver it had been
+    taken for a 26 mL gallbladder, which kept the loop out of the bowel mask, and its hottest
+    part was staged as a retroperitoneal node in a negative patient (PHANTOM-8043 of the
+    staging cohorts). The gallbladder is looked for after the bowel and never in a loop."""
+    patient = generate_patient(8043, size="small", tracer="psma11", orientation="HFP",
+                               stage="T0N0M0")
+    anatomy = label_anatomy(patient.ct, pet=patient.pet_suv)
+    organs = np.asarray(patient.organs_pet.array)
+    small_bowel = organs == ORGAN_LABELS["small_bowel"]
+    hot = small_bowel & (np.asarray(patient.pet_suv.array) >= 6.0)
+    assert hot.any()
+    gallbladder = anatomy.mask(A.GALLBLADDER)
+    assert gallbladder is not None, anatomy.mask_info[A.GALLBLADDER.value]
+    assert np.count_nonzero(gallbladder & small_bowel) <= 0.02 * gallbladder.sum()
+    # the true gallbladder is still found; where it lies against the loop, the loop's
+    # partial-volume edge is bowel first (both are kept out of the lesion search for a
+    # tracer excreted in bile; neither is a lesion site)
+    truth = patient.canonical_mask(A.GALLBLADDER, grid="pet")
+    bowel = anatomy.mask(A.BOWEL)
+    assert np.count_nonzero(gallbladder & truth) >= 0.75 * truth.sum()
+    assert np.count_nonzero((gallbladder | bowel) & truth) >= 0.95 * truth.sum()
+    # the loop's hot part near the liver (within 32 mm), what the lesion finder had
+    # reported, is bowel (about half of it was before)
+    near = ndi.binary_dilation(patient.canonical_mask(A.LIVER, grid="pet"), iterations=8) & hot
+    assert np.count_nonzero(bowel & near) >= 0.8 * near.sum()
+
+
 def _components(mask: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """Labels, count, voxel counts and (z, y, x) centres in mm (3 mm grid) of ``mask``."""
     import cc3d
