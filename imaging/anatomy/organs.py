@@ -801,14 +801,9 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     #    is a compact ball: its volume is close to that of its largest inscribed ball)
     avid = whole & (pet_c >= config.bowel_suv) & (hu_c >= config.bowel_hu[0]) & (
         hu_c <= config.bowel_hu[1])
-    gas = cavity & (hu_raw <= config.bowel_gas_hu)
-    glab, gn = cc3d.connected_components(gas, connectivity=26, return_N=True)
-    if gn:
-        gsz = np.bincount(glab[gas], minlength=gn + 1)  # the gas voxels' labels only
-        big_gas = gsz * voxel_ml >= config.bowel_gas_min_ml
-        big_gas[0] = False
-        labelled, gas = gas, np.zeros_like(gas)
-        gas[labelled] = big_gas[glab[labelled]]
+    gas = _big_gas(cavity & (hu_raw <= config.bowel_gas_hu), voxel_ml, config)
+    # gas in the nodal stations too: no node holds gas
+    station_gas = _big_gas(whole & ~cavity & (hu_raw <= config.bowel_gas_hu), voxel_ml, config)
     lab, n = cc3d.connected_components(avid, connectivity=26, return_N=True)
     loops = np.zeros_like(avid)
     kidney_zone = np.zeros_like(avid)
@@ -856,6 +851,10 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
     if wall.any() and config.bowel_peak_ratio is not None:
         ref = float(np.median(pet_c[wall]))
         core |= wall & (pet_c > max(config.bowel_peak_ratio * ref, config.bowel_suv))
+    if station_gas.any():
+        # a loop's gas in a nodal station is bowel, with its wall (one voxel): a node beside
+        # it is as likely as the loop's own wall further out, so no more than that
+        loops |= box_dilate(station_gas, 1) & whole & (hu_c <= config.bowel_hu[1])
     mask = (loops | wall) & ~core
     mask = box_close(mask, 1) & whole & ~core
     mask &= cavity | loops
@@ -870,6 +869,20 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
                        + ("" if config.bowel_peak_ratio is None else
                           f"; foci above {config.bowel_peak_ratio:g} x their loop's plateau "
                           "left out"))
+
+
+def _big_gas(gas: NDArray[np.bool_], voxel_ml: float, config: AnatomyConfig
+             ) -> NDArray[np.bool_]:
+    """The gas pockets (26-connected) of at least ``bowel_gas_min_ml``."""
+    glab, gn = cc3d.connected_components(gas, connectivity=26, return_N=True)
+    if not gn:
+        return gas
+    gsz = np.bincount(glab[gas], minlength=gn + 1)  # the gas voxels' labels only
+    big = gsz * voxel_ml >= config.bowel_gas_min_ml
+    big[0] = False
+    out = np.zeros_like(gas)
+    out[gas] = big[glab[gas]]
+    return out
 
 
 def _fatty_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
