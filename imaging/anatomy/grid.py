@@ -104,11 +104,12 @@ _SLAB_BYTES = 1 << 19
 sums stay in the CPU cache."""
 
 
-def _block_sum(arr: NDArray[Any], factors: tuple[int, int, int], acc_type: type
-               ) -> NDArray[Any]:
-    """Sum over ``factors`` blocks of an array whose shape is a multiple of them.
+def _block_reduce(arr: NDArray[Any], factors: tuple[int, int, int], op: np.ufunc,
+                  acc_type: Any) -> NDArray[Any]:
+    """``op`` (``np.add``, ``np.maximum``) over ``factors`` blocks of an array whose shape is a
+    multiple of them.
 
-    Strided sums along one axis at a time, the largest reduction first.
+    Strided reductions along one axis at a time, the largest reduction first.
     """
     out = arr
     for axis in sorted(range(3), key=lambda a: -factors[a]):
@@ -119,81 +120,58 @@ def _block_sum(arr: NDArray[Any], factors: tuple[int, int, int], acc_type: type
         idx[axis] = slice(0, None, f)
         first = out[tuple(idx)]
         idx[axis] = slice(1, None, f)
-        acc = np.add(first, out[tuple(idx)], dtype=acc_type)
+        acc = op(first, out[tuple(idx)], dtype=acc_type)
         for off in range(2, f):
             idx[axis] = slice(off, None, f)
-            acc += out[tuple(idx)]
+            op(acc, out[tuple(idx)], out=acc)
         out = acc
     return out
 
 
-def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
-    """Mean over ``factors`` (k, j, i) blocks of voxels, from index 0 (as ``BinShrink``).
+def _blocks(volume: Volume, factors: tuple[int, int, int], op: np.ufunc, acc_type: Any
+            ) -> NDArray[Any]:
+    """``op`` over ``factors`` (k, j, i) blocks of voxels, from index 0 (as ``BinShrink``).
 
-    Separable sums (:func:`_block_sum`) over one slab of whole blocks along k at a time, so the
-    full-resolution image is read once, never copied or cast as a whole, and each slab's
-    partial sums are still in the CPU cache when the next axis reads them (twice as fast as
-    whole-volume passes on a 512 x 512 x 400 CT). Every block is summed in the same order
-    either way, so the slabs do not change a bit of the result.
+    Separable reductions (:func:`_block_reduce`) over one slab of whole blocks along k at a
+    time, so the full-resolution image is read once, never copied or cast as a whole, and each
+    slab's partial results are still in the CPU cache when the next axis reads them (twice as
+    fast as whole-volume passes on a 512 x 512 x 400 CT). Every block is reduced in the same
+    order either way, so the slabs do not change a bit of the result.
     """
     arr = np.asarray(volume.array)
     n = [s // f for s, f in zip(arr.shape, factors, strict=True)]
-    acc_type = np.float32 if arr.dtype.kind == "f" else np.int32
     whole = arr[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
     total = np.empty(n, dtype=acc_type)
     per_slab = max(1, _SLAB_BYTES // max(factors[0] * whole[0].nbytes, 1))
     for k in range(0, n[0], per_slab):
         stop = min(k + per_slab, n[0])
-        total[k:stop] = _block_sum(whole[k * factors[0]:stop * factors[0]], factors, acc_type)
-    mean = total.astype(np.float32) / np.float32(np.prod(factors))
+        total[k:stop] = _block_reduce(whole[k * factors[0]:stop * factors[0]], factors, op,
+                                      acc_type)
+    return total
+
+
+def _on_blocks(volume: Volume, factors: tuple[int, int, int],
+               values: NDArray[np.float32]) -> Volume:
+    """``values`` (one per block of :func:`_blocks`) with the blocks' geometry."""
     centre = (np.asarray(factors, dtype=np.float64) - 1.0) / 2.0
     origin = volume.index_to_world(centre)
     spacing = tuple(float(s * f) for s, f in zip(volume.spacing, factors, strict=True))
-    return Volume(array=mean, spacing=spacing,  # type: ignore[arg-type]
+    return Volume(array=values, spacing=spacing,  # type: ignore[arg-type]
                   origin=(float(origin[0]), float(origin[1]), float(origin[2])),
                   direction=np.asarray(volume.direction), unit=volume.unit)
 
 
-def _block_reduce_max(arr: NDArray[Any], factors: tuple[int, int, int]) -> NDArray[Any]:
-    """Maximum over ``factors`` blocks of an array whose shape is a multiple of them
-    (strided maxima along one axis at a time, as :func:`_block_sum`)."""
-    out = arr
-    for axis in sorted(range(3), key=lambda a: -factors[a]):
-        f = factors[axis]
-        if f == 1:
-            continue
-        idx = [slice(None)] * 3
-        idx[axis] = slice(0, None, f)
-        first = out[tuple(idx)]
-        idx[axis] = slice(1, None, f)
-        acc = np.maximum(first, out[tuple(idx)])
-        for off in range(2, f):
-            idx[axis] = slice(off, None, f)
-            np.maximum(acc, out[tuple(idx)], out=acc)
-        out = acc
-    return out
+def _block_mean(volume: Volume, factors: tuple[int, int, int]) -> Volume:
+    """Mean over ``factors`` (k, j, i) blocks of voxels (:func:`_blocks` with sums)."""
+    acc_type = np.float32 if np.asarray(volume.array).dtype.kind == "f" else np.int32
+    total = _blocks(volume, factors, np.add, acc_type)
+    return _on_blocks(volume, factors, total.astype(np.float32) / np.float32(np.prod(factors)))
 
 
 def _block_max(volume: Volume, factors: tuple[int, int, int]) -> Volume:
-    """Maximum over ``factors`` (k, j, i) blocks of voxels, on the blocks of :func:`_block_mean`.
-
-    One slab of whole blocks along k at a time (a reshaped view reduced in place), so the
-    full-resolution image is never copied as a whole.
-    """
-    arr = np.asarray(volume.array)
-    n = [s // f for s, f in zip(arr.shape, factors, strict=True)]
-    whole = arr[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]]
-    out = np.empty(n, dtype=np.float32)
-    per_slab = max(1, _SLAB_BYTES // max(factors[0] * whole[0].nbytes, 1))
-    for k in range(0, n[0], per_slab):
-        stop = min(k + per_slab, n[0])
-        out[k:stop] = _block_reduce_max(whole[k * factors[0]:stop * factors[0]], factors)
-    centre = (np.asarray(factors, dtype=np.float64) - 1.0) / 2.0
-    origin = volume.index_to_world(centre)
-    spacing = tuple(float(s * f) for s, f in zip(volume.spacing, factors, strict=True))
-    return Volume(array=out, spacing=spacing,  # type: ignore[arg-type]
-                  origin=(float(origin[0]), float(origin[1]), float(origin[2])),
-                  direction=np.asarray(volume.direction), unit=volume.unit)
+    """Maximum over ``factors`` (k, j, i) blocks of voxels (:func:`_blocks` with maxima)."""
+    peak = _blocks(volume, factors, np.maximum, np.asarray(volume.array).dtype)
+    return _on_blocks(volume, factors, peak.astype(np.float32))
 
 
 def _shrink_factors(volume: Volume, grid: WorkGrid) -> list[int]:

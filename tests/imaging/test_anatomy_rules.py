@@ -495,3 +495,25 @@ def test_a_thin_rib_keeps_its_density_at_the_ct_s_own_resolution(native: bool) -
     # a CT no finer than the working grid has no separate native peak
     coarse = Volume(array=hu, spacing=(3.0, 3.0, 3.0), origin=grid.origin_mm, unit="HU")
     assert peak_for(coarse, grid) is None
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+@pytest.mark.parametrize("factors", [(1, 3, 3), (2, 3, 3), (3, 1, 2)])
+def test_block_mean_and_maximum_match_a_reshaped_reduction(dtype: type,
+                                                           factors: tuple[int, int, int]) -> None:
+    """The slab-wise strided reductions behind the working image and its native peaks equal
+    the plain reshaped mean and maximum over whole blocks (trailing partial blocks dropped),
+    and sit at the blocks' centres."""
+    from imaging.anatomy.grid import _block_max, _block_mean
+
+    a = np.random.default_rng(0).normal(0.0, 500.0, (37, 65, 66)).astype(dtype)
+    volume = Volume(array=a, spacing=(1.0, 0.98, 0.98), origin=(1.0, 2.0, 3.0), unit="HU")
+    n = [s // f for s, f in zip(a.shape, factors, strict=True)]
+    blocks = a[: n[0] * factors[0], : n[1] * factors[1], : n[2] * factors[2]].reshape(
+        n[0], factors[0], n[1], factors[1], n[2], factors[2]).astype(np.float64)
+    mean, peak = _block_mean(volume, factors), _block_max(volume, factors)
+    assert np.allclose(mean.array, blocks.mean(axis=(1, 3, 5)), atol=1e-3)
+    assert np.array_equal(peak.array, blocks.max(axis=(1, 3, 5)).astype(np.float32))
+    centre = volume.index_to_world((np.asarray(factors) - 1) / 2.0)
+    assert np.allclose(peak.origin, centre)
+    assert np.allclose(peak.spacing, np.asarray(volume.spacing) * factors)
