@@ -168,6 +168,8 @@ def test_wrong_unit_and_empty_ct_are_rejected() -> None:
     ({"lumen_min_soft_rim": 1.5}, "lumen_min_soft_rim"),
     ({"lumen_core_mm": (9.0, 0.0)}, "lumen_core_mm"),
     ({"fine_bone_hu": -5.0}, "fine_bone_hu"),
+    ({"bone_min_native_peak_hu": 0.0}, "bone_min_native_peak_hu"),
+    ({"bone_min_native_peak_hu": float("nan")}, "bone_min_native_peak_hu"),
     ({"fine_bone_edge_fraction": 1.0}, "fine_bone_edge_fraction"),
     ({"fine_marrow_bridge_mm": 0.0}, "fine_marrow_bridge_mm"),
     ({"fine_marrow_window_mm": -7.0}, "fine_marrow_window_mm"),
