@@ -241,13 +241,19 @@ def classify_lesion(
     provisional = category
     finder_equivocal = bool(lesion.equivocal)
     review_reason: str | None = None
-    if (finder_equivocal and category is LesionCategory.FOSSA
-            and config.fossa_at_bladder == "fossa"
-            and set((lesion.equivocal_reason or "").split("; ")) == {_TOUCHES_BLADDER}):
+    only_bladder = set((lesion.equivocal_reason or "").split("; ")) == {_TOUCHES_BLADDER}
+    if (finder_equivocal and only_bladder and category is LesionCategory.FOSSA
+            and config.fossa_at_bladder == "fossa"):
         finder_equivocal = False
         reason += "; against the bladder base"
         review_reason = (f"lesion {int(lesion.id)}: fossa recurrence against the bladder base, "
                          "counted as miTr; confirm it is not urine or the bladder's halo")
+    elif (finder_equivocal and only_bladder and category is LesionCategory.BONE
+            and config.bone_at_bladder == "bone"):
+        finder_equivocal = False
+        reason += "; against the bladder"
+        review_reason = (f"lesion {int(lesion.id)}: bone lesion against the bladder, counted "
+                         "as miM1b; confirm it is not the bladder's halo")
     equivocal = finder_equivocal or (unlocalised and config.unlocalised == "equivocal")
     equivocal_reason = lesion.equivocal_reason if finder_equivocal else None
     if equivocal and equivocal_reason is None:

@@ -122,6 +122,12 @@ class StagingConfig:
         ``needs_review`` — recurrences sit at the vesicourethral anastomosis, against the bladder
         base, and calling every one of them equivocal would stage no such patient miTr;
         ``"equivocal"`` keeps it out of the stage [D].
+    bone_at_bladder : {"bone", "equivocal"}
+        A bone lesion (``bone_min_fraction`` of it in bone) whose only equivocal reason is that
+        it touches the bladder: ``"bone"`` (default) counts it (miM1b) and sets
+        ``needs_review`` — urine does not lie in bone, and a full bladder reaches the sacrum
+        and the pubic bones, where metastases are common; ``"equivocal"`` keeps it out of the
+        stage [D].
     equivocal_in_group : bool
         Count equivocal lesions at their provisional category in the stage (default False:
         equivocal lesions are reported and counted, never staged).
@@ -138,6 +144,7 @@ class StagingConfig:
     visceral_organs: tuple[str, ...] = ("lungs", "liver", "adrenals", "brain", "spleen")
     unlocalised: Literal["visceral", "equivocal"] = "visceral"
     fossa_at_bladder: Literal["fossa", "equivocal"] = "fossa"
+    bone_at_bladder: Literal["bone", "equivocal"] = "bone"
     equivocal_in_group: bool = False
     oligometastatic_max: int = 3
 
@@ -154,6 +161,11 @@ class StagingConfig:
             raise ConfigError(
                 "staging.fossa_at_bladder must be 'fossa' or 'equivocal', got "
                 f"{self.fossa_at_bladder!r}."
+            )
+        if self.bone_at_bladder not in ("bone", "equivocal"):
+            raise ConfigError(
+                "staging.bone_at_bladder must be 'bone' or 'equivocal', got "
+                f"{self.bone_at_bladder!r}."
             )
         if self.unlocalised not in ("visceral", "equivocal"):
             raise ConfigError(

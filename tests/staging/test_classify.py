@@ -434,3 +434,33 @@ def test_a_node_touching_the_bladder_stays_equivocal() -> None:
 def test_fossa_at_bladder_setting_is_checked() -> None:
     with pytest.raises(ConfigError, match="fossa_at_bladder"):
         StagingConfig(fossa_at_bladder="maybe")  # type: ignore[arg-type]
+
+
+# -- bone lesions against the bladder ----------------------------------------------------------
+def test_bone_lesion_touching_only_the_bladder_counts_as_m1b_and_needs_review() -> None:
+    c = classify_lesion(_at_bladder("bone"))
+    assert (c.category, c.equivocal, c.equivocal_reason) == (LesionCategory.BONE, False, None)
+    assert "against the bladder" in c.reason
+    s = stage_patient([c], patient_id="P")
+    assert (s.mitnm, s.group) == ("miT0N0M1b", "M1b-M1c")
+    assert s.needs_review
+    assert any("bone lesion against the bladder" in r for r in s.review_reasons)
+
+
+def test_bone_at_bladder_can_stay_equivocal() -> None:
+    config = StagingConfig(bone_at_bladder="equivocal")
+    c = classify_lesion(_at_bladder("bone"), config=config)
+    assert c.category is LesionCategory.EQUIVOCAL
+    assert c.provisional_category is LesionCategory.BONE
+    assert stage_patient([c], patient_id="P", config=config).group == "T0N0M0"
+
+
+@pytest.mark.parametrize("reason", ["touches urinary_bladder; touches ureters",
+                                    "touches kidneys"])
+def test_bone_lesion_with_another_equivocal_reason_stays_equivocal(reason: str) -> None:
+    assert classify_lesion(_at_bladder("bone", reason=reason)).category is LesionCategory.EQUIVOCAL
+
+
+def test_bone_at_bladder_setting_is_checked() -> None:
+    with pytest.raises(ConfigError, match="bone_at_bladder"):
+        StagingConfig(bone_at_bladder="maybe")  # type: ignore[arg-type]
