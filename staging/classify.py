@@ -173,6 +173,25 @@ def _best(overlaps: Mapping[str, float], names: Iterable[str]) -> tuple[str | No
     return best_name, best
 
 
+def _counted_at_bladder(lesion: LesionLike, category: LesionCategory,
+                        config: StagingConfig) -> tuple[str, str] | None:
+    """A fossa or bone lesion whose only equivocal reason is that it touches the bladder, when
+    the configuration counts it (``fossa_at_bladder``, ``bone_at_bladder``): what its reason
+    gets added, and the patient's review reason. ``None`` when it stays equivocal."""
+    if set((lesion.equivocal_reason or "").split("; ")) != {_TOUCHES_BLADDER}:
+        return None
+    lid = int(lesion.id)
+    if category is LesionCategory.FOSSA and config.fossa_at_bladder == "fossa":
+        return ("against the bladder base",
+                f"lesion {lid}: fossa recurrence against the bladder base, counted as miTr; "
+                "confirm it is not urine or the bladder's halo")
+    if category is LesionCategory.BONE and config.bone_at_bladder == "bone":
+        return ("against the bladder",
+                f"lesion {lid}: bone lesion against the bladder, counted as miM1b; confirm it "
+                "is not the bladder's halo")
+    return None
+
+
 def classify_lesion(
     lesion: LesionLike,
     *,
@@ -241,19 +260,11 @@ def classify_lesion(
     provisional = category
     finder_equivocal = bool(lesion.equivocal)
     review_reason: str | None = None
-    only_bladder = set((lesion.equivocal_reason or "").split("; ")) == {_TOUCHES_BLADDER}
-    if (finder_equivocal and only_bladder and category is LesionCategory.FOSSA
-            and config.fossa_at_bladder == "fossa"):
+    at_bladder = _counted_at_bladder(lesion, category, config) if finder_equivocal else None
+    if at_bladder is not None:
         finder_equivocal = False
-        reason += "; against the bladder base"
-        review_reason = (f"lesion {int(lesion.id)}: fossa recurrence against the bladder base, "
-                         "counted as miTr; confirm it is not urine or the bladder's halo")
-    elif (finder_equivocal and only_bladder and category is LesionCategory.BONE
-            and config.bone_at_bladder == "bone"):
-        finder_equivocal = False
-        reason += "; against the bladder"
-        review_reason = (f"lesion {int(lesion.id)}: bone lesion against the bladder, counted "
-                         "as miM1b; confirm it is not the bladder's halo")
+        where, review_reason = at_bladder
+        reason += f"; {where}"
     equivocal = finder_equivocal or (unlocalised and config.unlocalised == "equivocal")
     equivocal_reason = lesion.equivocal_reason if finder_equivocal else None
     if equivocal and equivocal_reason is None:

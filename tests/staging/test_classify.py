@@ -401,14 +401,21 @@ def _at_bladder(site: str, lesion_id: int = 1, reason: str = "touches urinary_bl
     return lesion(site, lesion_id, equivocal=True, equivocal_reason=reason)
 
 
-def test_fossa_lesion_touching_only_the_bladder_counts_as_tr_and_needs_review() -> None:
-    c = classify_lesion(_at_bladder("fossa"))
-    assert (c.category, c.equivocal, c.equivocal_reason) == (LesionCategory.FOSSA, False, None)
-    assert "bladder base" in c.reason
+@pytest.mark.parametrize(("site", "category", "stage", "review"), [
+    ("fossa", LesionCategory.FOSSA, ("miTrN0M0", "TrN0M0", "fossa_confined"),
+     "fossa recurrence against the bladder base"),
+    ("bone", LesionCategory.BONE, ("miT0N0M1b", "M1b-M1c", "extra_fossa"),
+     "bone lesion against the bladder"),
+])
+def test_fossa_or_bone_lesion_touching_only_the_bladder_is_counted_and_needs_review(
+        site: str, category: LesionCategory, stage: tuple[str, str, str], review: str) -> None:
+    c = classify_lesion(_at_bladder(site))
+    assert (c.category, c.equivocal, c.equivocal_reason) == (category, False, None)
+    assert "against the bladder" in c.reason
     s = stage_patient([c], patient_id="P")
-    assert (s.mitnm, s.group, s.emmett_group) == ("miTrN0M0", "TrN0M0", "fossa_confined")
+    assert (s.mitnm, s.group, s.emmett_group) == stage
     assert s.needs_review
-    assert any("bladder base" in r for r in s.review_reasons)
+    assert any(review in r for r in s.review_reasons)
 
 
 def test_fossa_at_bladder_can_stay_equivocal() -> None:
@@ -437,16 +444,6 @@ def test_fossa_at_bladder_setting_is_checked() -> None:
 
 
 # -- bone lesions against the bladder ----------------------------------------------------------
-def test_bone_lesion_touching_only_the_bladder_counts_as_m1b_and_needs_review() -> None:
-    c = classify_lesion(_at_bladder("bone"))
-    assert (c.category, c.equivocal, c.equivocal_reason) == (LesionCategory.BONE, False, None)
-    assert "against the bladder" in c.reason
-    s = stage_patient([c], patient_id="P")
-    assert (s.mitnm, s.group) == ("miT0N0M1b", "M1b-M1c")
-    assert s.needs_review
-    assert any("bone lesion against the bladder" in r for r in s.review_reasons)
-
-
 def test_bone_at_bladder_can_stay_equivocal() -> None:
     config = StagingConfig(bone_at_bladder="equivocal")
     c = classify_lesion(_at_bladder("bone"), config=config)
