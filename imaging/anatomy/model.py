@@ -174,7 +174,7 @@ class AnatomyConfig:
     bowel_fat_loop_hu: float | None = -50.0
     bowel_fat_loop_band: bool = True
     bowel_fat_loop_band_half_width_mm: float = 35.0
-    bowel_peak_ratio: float | None = 2.0
+    bowel_peak_ratio: float | None = 1.8
     bowel_band_peak_ratio: float | None = None
     bowel_band_rim: int = 2
     bowel_fragment_ml: float = 1.5
