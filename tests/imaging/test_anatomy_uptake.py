@@ -814,13 +814,17 @@ def test_a_perirectal_node_in_the_bladders_fatty_halo_is_not_bowel() -> None:
     perirectal = next(t for t in patient.truth["lesions"] if t["site"] == "node_perirectal")
     mine = np.asarray(patient.lesions_pet.array) == perirectal["id"]
     on = label_anatomy(patient.ct, pet=patient.pet_suv)
-    off = label_anatomy(patient.ct, pet=patient.pet_suv,
-                        config=AnatomyConfig(bowel_fat_loop_band=False, bowel_nodule_ratio=None))
-    assert (off.mask(A.BOWEL) & mine).sum() >= 3
     assert not (on.mask(A.BOWEL) & mine).any()
+    # at the loop-core ratio of 1.8 that rule leaves this node out as well; at 2 it does not,
+    # which shows the two halo rules on their own
+    off = label_anatomy(patient.ct, pet=patient.pet_suv,
+                        config=AnatomyConfig(bowel_fat_loop_band=False, bowel_nodule_ratio=None,
+                                             bowel_peak_ratio=2.0))
+    assert (off.mask(A.BOWEL) & mine).sum() >= 3
     # the node is a nodule alone in the halo's fat on CT: either rule alone keeps it out
-    for one in ({"bowel_fat_loop_band": False}, {"bowel_nodule_ratio": None}):
-        alone = label_anatomy(patient.ct, pet=patient.pet_suv, config=AnatomyConfig(**one))
+    for one in (AnatomyConfig(bowel_fat_loop_band=False, bowel_peak_ratio=2.0),
+                AnatomyConfig(bowel_nodule_ratio=None, bowel_peak_ratio=2.0)):
+        alone = label_anatomy(patient.ct, pet=patient.pet_suv, config=one)
         assert not (alone.mask(A.BOWEL) & mine).any()
 
 @pytest.mark.slow
