@@ -157,20 +157,13 @@ class StagingConfig:
         for name in ("bone_min_fraction", "organ_min_fraction", "fossa_min_fraction",
                      "node_min_fraction"):
             _check_fraction(name, getattr(self, name))
-        if self.fossa_at_bladder not in ("fossa", "equivocal"):
-            raise ConfigError(
-                "staging.fossa_at_bladder must be 'fossa' or 'equivocal', got "
-                f"{self.fossa_at_bladder!r}."
-            )
-        if self.bone_at_bladder not in ("bone", "equivocal"):
-            raise ConfigError(
-                "staging.bone_at_bladder must be 'bone' or 'equivocal', got "
-                f"{self.bone_at_bladder!r}."
-            )
-        if self.unlocalised not in ("visceral", "equivocal"):
-            raise ConfigError(
-                f"staging.unlocalised must be 'visceral' or 'equivocal', got {self.unlocalised!r}."
-            )
+        for name, counted in (("fossa_at_bladder", "fossa"), ("bone_at_bladder", "bone"),
+                              ("unlocalised", "visceral")):
+            value = getattr(self, name)
+            if value not in (counted, "equivocal"):
+                raise ConfigError(
+                    f"staging.{name} must be '{counted}' or 'equivocal', got {value!r}."
+                )
         from imaging.vocabulary import AnatomyLabel
 
         known = {label.value for label in AnatomyLabel}
