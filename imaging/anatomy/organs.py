@@ -1488,9 +1488,12 @@ def _on_best_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
 
     A piece of at most ``ureter_course_max_ml`` whose hottest voxel lies within
     ``ureter_path_mm`` of the path is a ureter bolus: the path runs through it. A node beside
-    the ureter peaks at its own centre, off the path by its radius plus the ureter's. Inside
-    larger hot components (a ureter running into a loop or along a vessel) only the voxels
-    within ``ureter_path_mm`` of the path are taken. Returns (per component, per voxel).
+    the ureter peaks at its own centre, off the path by its radius plus the ureter's. Of every
+    other hot component (a ureter running into a loop or along a vessel, a piece the path
+    skirts) only the voxels within ``ureter_path_mm`` of the path are taken: small pieces too,
+    since a ureter piece whose hottest voxel lies off the path is otherwise left whole as a
+    node (limiting this to large components gained one node and lost one ureter piece on the
+    development cohorts). Returns (per component, per voxel).
     """
     from scipy.spatial import cKDTree
 
