@@ -201,14 +201,14 @@ def evaluate_totalsegmentator(folder: Path) -> dict[str, Any]:
         present = sorted(set(np.unique(labels).tolist()) - {0})
         unmapped = [names[v] for v in present if not map_label_name(names[v]).known]
         bone = anatomy.mask(AnatomyLabel.BONE)
+        bone_3mm = as_drawn_at(bone, ct)
         results[name] = {
             "shape": list(ct.shape), "spacing_mm": [round(s, 3) for s in ct.spacing],
             "dice_bone": round(dice(bone, ref[AnatomyLabel.BONE]), 4),
             # what the reference's resolution allows: our mask against itself as a 3 mm
             # segmentation draws it, and our mask so drawn against the reference
-            "dice_bone_own_3mm_copy": round(dice(bone, as_drawn_at(bone, ct)), 4),
-            "dice_bone_3mm_copy_vs_reference": round(dice(as_drawn_at(bone, ct),
-                                                          ref[AnatomyLabel.BONE]), 4),
+            "dice_bone_own_3mm_copy": round(dice(bone, bone_3mm), 4),
+            "dice_bone_3mm_copy_vs_reference": round(dice(bone_3mm, ref[AnatomyLabel.BONE]), 4),
             "dice_lungs": (round(dice(anatomy.mask(AnatomyLabel.LUNGS),
                                       ref[AnatomyLabel.LUNGS]), 4)
                            if ref[AnatomyLabel.LUNGS].any() or anatomy.mask(
