@@ -186,6 +186,9 @@ class AnatomyConfig:
     bowel_round_core_max_ml: float = 5.0
     # a soft-tissue nodule alone in the fat inside a loop's uptake, hotter than the loop
     bowel_nodule_ratio: float | None = 1.5
+    # a focus against a loop on CT denser than the loop's content, hotter than the loop
+    bowel_nodule_hu: tuple[float, float] | None = (34.0, 100.0)
+    bowel_nodule_min_ml: float = 0.15
     bowel_gas_hu: float = -400.0
     bowel_gas_min_ml: float = 0.3
     bowel_gas_reach_mm: float = 12.0
@@ -291,7 +294,8 @@ class AnatomyConfig:
                     "ureter_path_mm", "ureter_base_midline_mm", "bowel_round_core_max_ml",
                     "ureter_peak_midline_mm", "ureter_side_node_max_ml",
                     "bowel_fat_loop_band_half_width_mm", "rectum_midline_mm",
-                    "rectum_search_mm", "rectum_max_width_mm", "rectum_min_length_mm")
+                    "rectum_search_mm", "rectum_max_width_mm", "rectum_min_length_mm",
+                    "bowel_nodule_min_ml")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
                              "bowel_round_core_ratio", "ureter_side_node_saddle",
                              "ureter_urine_ratio", "bowel_nodule_ratio", "ureter_gap_mm")
@@ -317,6 +321,13 @@ class AnatomyConfig:
                 and math.isfinite(self.bowel_fat_loop_hu)):
             raise ConfigError(f"anatomy.bowel_fat_loop_hu must be a finite HU value or none, got "
                               f"{self.bowel_fat_loop_hu!r}.")
+        if self.bowel_nodule_hu is not None and not (
+                len(self.bowel_nodule_hu) == 2
+                and all(isinstance(v, int | float) and math.isfinite(v)
+                        for v in self.bowel_nodule_hu)
+                and self.bowel_nodule_hu[0] < self.bowel_nodule_hu[1]):
+            raise ConfigError(f"anatomy.bowel_nodule_hu must be an HU range [low, high] with low "
+                              f"< high, or none; got {self.bowel_nodule_hu!r}.")
         if not (isinstance(self.fine_marrow_min_hu, int | float)
                 and math.isfinite(self.fine_marrow_min_hu)):
             raise ConfigError(f"anatomy.fine_marrow_min_hu must be a finite HU value, got "

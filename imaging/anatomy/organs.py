@@ -7,6 +7,7 @@ refined by CT soft-tissue density. Each comes with a confidence and a reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -844,6 +845,7 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             core |= fatty[lab] & spine_band
         core |= _nodules_in_loops(lab, n, ok, t.body[zsl] & ~t.bone[zsl], hu_c, plateau,
                                   pet[zsl], s, config)
+        core |= _dense_foci(lab, ok, hu_c, plateau, pet[zsl], s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -963,6 +965,40 @@ def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
     part = hot[pieces]
     focal = _compact_parts(part, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
     focal |= _round_parts(part, part, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    return box_dilate(focal, 1)
+
+
+def _dense_foci(lab: NDArray[Any], loops: NDArray[np.bool_], hu_c: NDArray[np.float32],
+                plateau: NDArray[np.float64], pet_raw: NDArray[np.float32], s: float,
+                config: AnatomyConfig) -> NDArray[np.bool_]:
+    """Foci of the loops on CT denser than bowel content (kept out of the mask).
+
+    A node against a loop joins the loop's uptake, and when it also touches the psoas or a
+    vessel it is no nodule alone in the fat either (:func:`_nodules_in_loops`); a node only
+    1.5-1.8 x as hot as the loop is no loop core (:func:`_loop_cores`). On CT it is still
+    denser than the loop: a node is soft tissue (about 40 HU), unopacified bowel content fluid
+    (0-25 HU). The loops' voxels whose smoothed CT lies in ``bowel_nodule_hu`` and whose SUV is
+    above ``bowel_nodule_ratio`` x their loop's plateau (``plateau``, per component of ``lab``)
+    form a focus when at least ``bowel_nodule_min_ml`` of them hang together (26-connected; a
+    few noisy voxels of a hot loop beside a vessel are not one) and the part is focal (at most
+    ``bowel_core_max_ml``, not tubular, or round by its principal axes); it is left out with a
+    one-voxel rim. Either setting None turns the rule off.
+    """
+    out = np.zeros(lab.shape, dtype=bool)
+    if config.bowel_nodule_hu is None or config.bowel_nodule_ratio is None:
+        return out
+    inside = loops[lab]
+    if not inside.any():
+        return out
+    lo, hi = config.bowel_nodule_hu
+    level = np.maximum(plateau[lab[inside]], config.bowel_suv)
+    hot = np.zeros_like(inside)
+    hot[inside] = ((hu_c[inside] >= lo) & (hu_c[inside] <= hi)
+                   & (pet_raw[inside] > config.bowel_nodule_ratio * level))
+    min_vox = math.ceil(config.bowel_nodule_min_ml * 1000.0 / s**3 - 1e-9)
+    hot = cc3d.dust(hot, threshold=min_vox, connectivity=26)
+    focal = _compact_parts(hot, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    focal |= _round_parts(hot, hot, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
     return box_dilate(focal, 1)
 
 
