@@ -845,7 +845,8 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             core |= fatty[lab] & spine_band
         core |= _nodules_in_loops(lab, n, ok, t.body[zsl] & ~t.bone[zsl], hu_c, plateau,
                                   pet[zsl], s, config)
-        core |= _dense_foci(lab, ok, hu_c, plateau, pet[zsl], s, config)
+        core |= _dense_foci(lab, ok, hu_raw, body & ~t.bone[zsl], plateau, pet[zsl], s,
+                            config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -968,21 +969,25 @@ def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
     return box_dilate(focal, 1)
 
 
-def _dense_foci(lab: NDArray[Any], loops: NDArray[np.bool_], hu_c: NDArray[np.float32],
-                plateau: NDArray[np.float64], pet_raw: NDArray[np.float32], s: float,
-                config: AnatomyConfig) -> NDArray[np.bool_]:
+def _dense_foci(lab: NDArray[Any], loops: NDArray[np.bool_], hu_raw: NDArray[np.float32],
+                tissue: NDArray[np.bool_], plateau: NDArray[np.float64],
+                pet_raw: NDArray[np.float32], s: float, config: AnatomyConfig
+                ) -> NDArray[np.bool_]:
     """Foci of the loops on CT denser than bowel content (kept out of the mask).
 
     A node against a loop joins the loop's uptake, and when it also touches the psoas or a
     vessel it is no nodule alone in the fat either (:func:`_nodules_in_loops`); a node only
     1.5-1.8 x as hot as the loop is no loop core (:func:`_loop_cores`). On CT it is still
     denser than the loop: a node is soft tissue (about 40 HU), unopacified bowel content fluid
-    (0-25 HU). The loops' voxels whose smoothed CT lies in ``bowel_nodule_hu`` and whose SUV is
-    above ``bowel_nodule_ratio`` x their loop's plateau (``plateau``, per component of ``lab``)
-    form a focus when at least ``bowel_nodule_min_ml`` of them hang together (26-connected; a
-    few noisy voxels of a hot loop beside a vessel are not one) and the part is focal (at most
+    (0-25 HU). The loops' voxels whose CT lies in ``bowel_nodule_hu`` and whose SUV is above
+    ``bowel_nodule_ratio`` x their loop's plateau (``plateau``, per component of ``lab``) form
+    a focus when at least ``bowel_nodule_min_ml`` of them hang together (26-connected; a few
+    noisy voxels of a hot loop are not one) and the part is focal (at most
     ``bowel_core_max_ml``, not tubular, or round by its principal axes); it is left out with a
-    one-voxel rim. Either setting None turns the rule off.
+    one-voxel rim. The CT is the 3-voxel box mean over the soft-tissue voxels alone
+    (``tissue``, and no denser than the range): beside a bone the plain mean takes in the
+    bone's partial volume and a loop of 20 HU reads 60-75 HU. Either setting None turns the
+    rule off.
     """
     out = np.zeros(lab.shape, dtype=bool)
     if config.bowel_nodule_hu is None or config.bowel_nodule_ratio is None:
@@ -991,6 +996,7 @@ def _dense_foci(lab: NDArray[Any], loops: NDArray[np.bool_], hu_c: NDArray[np.fl
     if not inside.any():
         return out
     lo, hi = config.bowel_nodule_hu
+    hu_c = _smooth(hu_raw, within=tissue & (hu_raw <= hi))
     level = np.maximum(plateau[lab[inside]], config.bowel_suv)
     hot = np.zeros_like(inside)
     hot[inside] = ((hu_c[inside] >= lo) & (hu_c[inside] <= hi)
