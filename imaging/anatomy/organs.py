@@ -843,10 +843,9 @@ def _bowel(hu: NDArray[np.float32], pet: NDArray[np.float32], t: Tissues, grid: 
             # spine and sacrum (para-aortic, presacral and perirectal stations) a node is as
             # likely as the halo; not further out, where the ureters run down to the bladder
             core |= fatty[lab] & spine_band
-        core |= _nodules_in_loops(lab, n, ok, t.body[zsl] & ~t.bone[zsl], hu_c, plateau,
-                                  pet[zsl], s, config)
-        core |= _dense_foci(lab, ok, hu_raw, body & ~t.bone[zsl], plateau, pet[zsl], s,
-                            config)
+        tissue = body & ~t.bone[zsl]
+        core |= _nodules_in_loops(lab, n, ok, tissue, hu_c, plateau, pet[zsl], s, config)
+        core |= _dense_foci(lab, ok, hu_raw, tissue, plateau, pet[zsl], s, config)
     # 2. gas-containing loops: the bowel wall / content around gas below the lungs
     reach = max(1, round(config.bowel_gas_reach_mm / s))
     wall = (box_dilate(gas, reach) & cavity & (hu_c >= config.bowel_wall_hu[0])
@@ -908,6 +907,15 @@ def _fatty_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
     return fatty
 
 
+def _focal_with_rim(mask: NDArray[np.bool_], s: float, config: AnatomyConfig
+                    ) -> NDArray[np.bool_]:
+    """The focal parts of ``mask`` (at most ``bowel_core_max_ml``, not tubular, or round by
+    their principal axes), with a one-voxel rim: what the nodule rules leave out of a loop."""
+    focal = _compact_parts(mask, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    focal |= _round_parts(mask, mask, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
+    return box_dilate(focal, 1)
+
+
 def _nodules_in_fat(lab: NDArray[Any], fatty: NDArray[np.bool_], hu_c: NDArray[np.float32],
                     s: float, config: AnatomyConfig) -> NDArray[np.bool_]:
     """Soft-tissue nodules inside the fatty halo "loops" (kept out of the bowel mask).
@@ -920,9 +928,7 @@ def _nodules_in_fat(lab: NDArray[Any], fatty: NDArray[np.bool_], hu_c: NDArray[n
     if not fatty.any():
         return np.zeros(lab.shape, dtype=bool)
     soft = fatty[lab] & (hu_c >= config.bowel_wall_hu[0])
-    focal = _compact_parts(soft, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
-    focal |= _round_parts(soft, soft, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
-    return box_dilate(focal, 1)
+    return _focal_with_rim(soft, s, config)
 
 
 def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
@@ -964,9 +970,7 @@ def _nodules_in_loops(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
     if not hot.any():
         return out
     part = hot[pieces]
-    focal = _compact_parts(part, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
-    focal |= _round_parts(part, part, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
-    return box_dilate(focal, 1)
+    return _focal_with_rim(part, s, config)
 
 
 def _dense_foci(lab: NDArray[Any], loops: NDArray[np.bool_], hu_raw: NDArray[np.float32],
@@ -1003,9 +1007,7 @@ def _dense_foci(lab: NDArray[Any], loops: NDArray[np.bool_], hu_raw: NDArray[np.
                    & (pet_raw[inside] > config.bowel_nodule_ratio * level))
     min_vox = math.ceil(config.bowel_nodule_min_ml * 1000.0 / s**3 - 1e-9)
     hot = cc3d.dust(hot, threshold=min_vox, connectivity=26)
-    focal = _compact_parts(hot, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
-    focal |= _round_parts(hot, hot, s, config.bowel_core_max_ml, config.bowel_min_tubularity)
-    return box_dilate(focal, 1)
+    return _focal_with_rim(hot, s, config)
 
 
 def _loop_plateau(lab: NDArray[Any], n: int, loops: NDArray[np.bool_],
