@@ -210,6 +210,9 @@ class AnatomyConfig:
     ureter_chain_step_mm: float = 50.0
     ureter_chain_slope: float = 1.0
     ureter_bolus_max_ml: float = 1.0
+    # a chain of short pieces is ureter only when it holds a track found by its shape: the
+    # nodes of the iliac chains line up along z beside the ureters as boluses do
+    ureter_chain_needs_track: bool = True
     ureter_hilum_mm: float = 15.0
     # the cheapest kidney-to-bladder path on PET and the hot pieces on it
     ureter_course: bool = True
@@ -307,7 +310,8 @@ class AnatomyConfig:
                 raise ConfigError(f"anatomy.{name} must be a positive number"
                                   f"{' or none' if name in optional_positive else ''}, "
                                   f"got {value!r}.")
-        for flag in ("ureter_course", "ureter_base_course", "fossa_rectum_wall",
+        for flag in ("ureter_course", "ureter_base_course", "ureter_chain_needs_track",
+                     "fossa_rectum_wall",
                      "pelvic_floor_regions", "bowel_fat_loop_band"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"anatomy.{flag} must be true or false, got "

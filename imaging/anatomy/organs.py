@@ -1580,6 +1580,9 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
     shape (``tracks``) on that side is the centre of each of its slices, so a piece is judged
     against where the track actually runs at the nearest level, not against the track's
     middle, which may lie far off in z. A node has no such chain (unless it lies on one).
+    With ``ureter_chain_needs_track`` a chain counts only when one of its pieces is such a
+    track: the nodes of an iliac chain line up along z beside the ureter as boluses do, and
+    where the ureter shows no track a chain of specks is as likely nodes (or noise) as urine.
     ``centre`` holds the candidates' centres in mm of the cropped grid (z, y, x).
     """
     from scipy.sparse import csr_matrix
@@ -1606,6 +1609,8 @@ def _on_ureter_course(lab: NDArray[Any], n: int, count: NDArray[np.float64],
         np.minimum.at(bottom, member, z)
         chain = (np.bincount(member, minlength=k) >= 3) & (
             top - bottom >= config.ureter_min_length_mm)
+        if config.ureter_chain_needs_track:
+            chain &= np.bincount(member, weights=tracks[ids], minlength=k) > 0
         take = ids[chain[member] & small[ids] & ~tracks[ids]]
         if take.size == 0:
             continue

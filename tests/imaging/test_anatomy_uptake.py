@@ -381,6 +381,36 @@ def test_a_chain_piece_is_judged_against_where_a_track_runs_not_the_tracks_middl
     assert not taken[tracks].any()  # the tracks are ureter by their shape already
 
 
+def test_a_chain_of_short_pieces_is_ureter_only_where_the_ureter_shows_a_track() -> None:
+    import cc3d
+
+    from imaging.anatomy.grid import WorkGrid
+    from imaging.anatomy.organs import _on_ureter_course, _principal_axes
+
+    # 3 mm grid, both sides. Right (x < 0): three 1-voxel pieces 15 mm apart along z and no
+    # track, as the nodes of an iliac chain lie (PHANTOM-8033, -8040 of the development
+    # cohorts). Left (x > 0): the same three pieces below a ureter track they line up with.
+    shape = (60, 40, 40)
+    grid = WorkGrid(shape=shape, spacing_mm=3.0, origin_mm=(-60.0, -60.0, 0.0))
+    hot = np.zeros(shape, dtype=bool)
+    specks = [(5, 20, 5), (10, 21, 5), (15, 20, 6)]
+    for k, j, i in specks:
+        hot[k, j, i] = True
+        hot[k, j, 39 - i] = True
+    hot[20:31, 20, 33] = True  # the left ureter's track, 30 mm long
+    lab, n = cc3d.connected_components(hot, connectivity=26, return_N=True)
+    count, centre, length, _ = _principal_axes(lab, n, 3.0)
+    tracks = length >= 20.0
+    tracks[0] = False
+    right = [lab[k, j, i] for k, j, i in specks]
+    left = [lab[k, j, 39 - i] for k, j, i in specks]
+    taken = _on_ureter_course(lab, n, count, centre, tracks, grid, 0.0, AnatomyConfig())
+    assert taken[left].all()
+    assert not taken[right].any()
+    loose = AnatomyConfig(ureter_chain_needs_track=False)
+    assert _on_ureter_course(lab, n, count, centre, tracks, grid, 0.0, loose)[right].all()
+
+
 def test_short_loop_piece_is_bowel_a_node_beside_it_is_not() -> None:
     import cc3d
 
