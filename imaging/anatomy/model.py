@@ -311,8 +311,7 @@ class AnatomyConfig:
                                   f"{' or none' if name in optional_positive else ''}, "
                                   f"got {value!r}.")
         for flag in ("ureter_course", "ureter_base_course", "ureter_chain_needs_track",
-                     "fossa_rectum_wall",
-                     "pelvic_floor_regions", "bowel_fat_loop_band"):
+                     "fossa_rectum_wall", "pelvic_floor_regions", "bowel_fat_loop_band"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"anatomy.{flag} must be true or false, got "
                                   f"{getattr(self, flag)!r}.")

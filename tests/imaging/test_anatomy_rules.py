@@ -150,6 +150,7 @@ def test_wrong_unit_and_empty_ct_are_rejected() -> None:
     ({"ureter_course_floor_suv": 0.0}, "ureter_course_floor_suv"),
     ({"ureter_course": "yes"}, "ureter_course"),
     ({"ureter_base_course": 1}, "ureter_base_course"),
+    ({"ureter_chain_needs_track": "yes"}, "ureter_chain_needs_track"),
     ({"ureter_base_midline_mm": -20.0}, "ureter_base_midline_mm"),
     ({"ureter_peak_midline_mm": 0.0}, "ureter_peak_midline_mm"),
     ({"ureter_side_node_saddle": 0.0}, "ureter_side_node_saddle"),
