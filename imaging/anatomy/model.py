@@ -199,6 +199,10 @@ class AnatomyConfig:
     bowel_keepout_front_mm: float = 35.0
     bowel_sidewall_mm: float = 10.0
     # ureters
+    # outlined only when the bladder's urine (median SUV of the bladder mask) reaches this: a
+    # tracer excreted mostly through the bile ([18F]PSMA-1007) leaves urine as faint as soft
+    # tissue, and tracks drawn to the hottest voxels then run through nodes (None: always)
+    ureter_min_urine_suv: float | None = 15.0
     ureter_suv: float = 2.5
     ureter_lateral_mm: tuple[float, float] = (10.0, 110.0)
     ureter_peak_midline_mm: float = 20.0
@@ -301,7 +305,8 @@ class AnatomyConfig:
                     "bowel_nodule_min_ml")
         optional_positive = ("bowel_peak_ratio", "bowel_band_peak_ratio", "bowel_fragment_ratio",
                              "bowel_round_core_ratio", "ureter_side_node_saddle",
-                             "ureter_urine_ratio", "bowel_nodule_ratio", "ureter_gap_mm")
+                             "ureter_urine_ratio", "bowel_nodule_ratio", "ureter_gap_mm",
+                             "ureter_min_urine_suv")
         for name in positive + optional_positive:
             value = getattr(self, name)
             if value is None and name in optional_positive:

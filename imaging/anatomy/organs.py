@@ -1108,6 +1108,13 @@ def _ureters(pet: NDArray[np.float32], t: Tissues, grid: WorkGrid, frame: Pelvis
     """Thin elongated high-uptake tracks between the renal hila and the bladder."""
     if kidneys is None or not kidneys.any():
         return OrganResult(None, 0.0, "no kidneys found, so no ureter course to follow")
+    floor = config.ureter_min_urine_suv
+    if floor is not None and bladder is not None and bladder.any():
+        urine = float(np.median(pet[bladder]))
+        if urine < floor:
+            return OrganResult(None, 0.0, f"urine too faint to show the ureters: the bladder's "
+                               f"median SUV is {urine:.1f}, below {floor:g} "
+                               "(ureter_min_urine_suv; a tracer excreted through the bile)")
     zs = grid.z_mm()
     kz = float(zs[np.flatnonzero(kidneys.any(axis=(1, 2)))].mean())
     if bladder is not None and bladder.any():

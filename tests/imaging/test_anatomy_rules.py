@@ -166,6 +166,7 @@ def test_wrong_unit_and_empty_ct_are_rejected() -> None:
     ({"rectum_min_length_mm": -25.0}, "rectum_min_length_mm"),
     ({"pelvic_floor_regions": "yes"}, "pelvic_floor_regions"),
     ({"ureter_urine_ratio": -2.0}, "ureter_urine_ratio"),
+    ({"ureter_min_urine_suv": 0.0}, "ureter_min_urine_suv"),
     ({"lumen_min_soft_rim": 1.5}, "lumen_min_soft_rim"),
     ({"lumen_core_mm": (9.0, 0.0)}, "lumen_core_mm"),
     ({"fine_bone_hu": -5.0}, "fine_bone_hu"),

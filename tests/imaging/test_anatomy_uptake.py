@@ -872,6 +872,25 @@ def test_a_focus_on_the_ureter_course_hotter_than_urine_can_be_is_carved_out() -
 
 
 @pytest.mark.slow
+def test_faint_urine_shows_no_ureters_and_a_node_on_their_course_stays_a_node() -> None:
+    # PHANTOM-7012 of the staging cohorts: [18F]PSMA-1007, bladder urine SUV about 5, a 0.75 mL
+    # common-iliac node of SUV 5 where the cheapest kidney-to-bladder path runs when drawn
+    # through the hottest voxels of faint ureters
+    patient = generate_patient(7012, size="small", stage="N1/M1a", tracer="psma1007")
+    node = np.asarray(patient.lesions_pet.array) > 0
+    assert node.any()
+    suv = np.asarray(patient.pet_suv.array)
+    bladder = patient.canonical_mask(A.URINARY_BLADDER, grid="pet")
+    assert np.median(suv[bladder]) < AnatomyConfig().ureter_min_urine_suv  # type: ignore[operator]
+    anatomy = label_anatomy(patient.ct, pet=patient.pet_suv)
+    assert A.URETERS not in anatomy.masks
+    assert "ureter_min_urine_suv" in anatomy.mask_info["ureters"].reason
+    always = label_anatomy(patient.ct, pet=patient.pet_suv,
+                           config=AnatomyConfig(ureter_min_urine_suv=None))
+    assert np.count_nonzero(always.mask(A.URETERS) & node) >= 0.5 * node.sum()
+
+
+@pytest.mark.slow
 def test_the_lower_pelvic_side_wall_is_obturator_down_to_the_pelvic_floor(psma11) -> None:  # type: ignore[no-untyped-def]
     """Between the groin level (30 mm below the femoral heads) and the symphysis' lower edge,
     the side wall inside the obturator internus is still the true pelvis (obturator band), not
