@@ -740,12 +740,16 @@ def test_a_node_against_a_loop_and_the_psoas_is_left_out_of_the_bowel() -> None:
                                stage="N1/M1a")
     node = np.asarray(patient.lesions_pet.array) == 1
     assert patient.truth["lesions"][0]["site"] == "node_retroperitoneal"
-    cfg = AnatomyConfig()
+    # the faint-urine ureter rule kept off: the case was found with this patient's ureter mask
+    # in place, which holds the loop's cavity where it was; without it the loop's mask reaches
+    # 10 of the node's 32 voxels and the node is still found (validation, seventh round)
+    cfg = AnatomyConfig(ureter_min_urine_suv=None)
     bowel = label_anatomy(patient.ct, pet=patient.pet_suv, config=cfg).mask(A.BOWEL)
     assert np.count_nonzero(ndi.binary_dilation(node, iterations=2) & bowel) >= 10  # against it
     assert np.count_nonzero(bowel & node) <= 0.25 * np.count_nonzero(node)
     off = label_anatomy(patient.ct, pet=patient.pet_suv,
-                        config=AnatomyConfig(bowel_nodule_hu=None)).mask(A.BOWEL)
+                        config=AnatomyConfig(bowel_nodule_hu=None,
+                                             ureter_min_urine_suv=None)).mask(A.BOWEL)
     assert np.count_nonzero(off & node) >= 0.9 * np.count_nonzero(node)  # lost without it
 
 
